@@ -1,0 +1,63 @@
+"""The local AWS: moto serving S3 and DynamoDB, as a child process (`make run`) or a thread (tests)."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Tuple
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(endpoint: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1).read()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto did not answer at {endpoint}")
+            time.sleep(0.05)
+
+
+def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, subprocess.Popen]:
+    """Start moto's server as a child process, so its memory is not counted as the registry's."""
+    port = port or free_port(host)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://{host}:{port}"
+    try:
+        _wait_until_up(endpoint)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return endpoint, proc
+
+
+def start_moto_thread(host: str = "127.0.0.1"):
+    """Start moto in this process (fast; for tests). Returns (endpoint, server)."""
+    from moto.server import ThreadedMotoServer
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
+    server.start()
+    bound_host, port = server.get_host_and_port()
+    return f"http://{bound_host}:{port}", server
+
+
+def use_endpoint(endpoint: str) -> None:
+    """Point Berth at `endpoint` with throwaway credentials (moto accepts any)."""
+    os.environ["BERTH_AWS_ENDPOINT"] = endpoint
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "berth-local")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "berth-local")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    # This machine's AWS_CA_BUNDLE is for real AWS; moto is plain HTTP on loopback.
+    os.environ.pop("AWS_CA_BUNDLE", None)

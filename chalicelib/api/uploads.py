@@ -1,0 +1,101 @@
+"""Blob uploads: sessions, monolithic and chunked uploads, and cross-repository mounts."""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+from chalice import Response
+
+from chalicelib import oci, uploads
+from chalicelib.api.router import Request, empty, route
+from chalicelib.errors import RegistryError
+from chalicelib.storage import metadata
+
+UPLOADS = r"(?P<name>.+)/blobs/uploads/"
+SESSION = r"(?P<name>.+)/blobs/uploads/(?P<uuid>[^/]+)"
+_CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)(?:/(?:\d+|\*))?$")
+
+
+def _created(name: str, digest: str) -> Response:
+    return empty(201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+def _session_headers(session) -> dict:
+    return {"Location": uploads.location(session), "Docker-Upload-UUID": session.sk,
+            "Range": uploads.range_header(session.offset)}
+
+
+def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Response]:
+    """Link a blob from another repository; None when it cannot be mounted (then: a session)."""
+    if source is None or not oci.is_valid_name(source):
+        return None
+    link = metadata.get_link(source, digest)
+    if link is None:
+        return None
+    metadata.add_link(request.name, digest, int(link.size))
+    return _created(request.name, digest)
+
+
+@route("POST", UPLOADS, "/v2/{name}/blobs/uploads/")
+def start_upload(request: Request) -> Response:
+    mount = request.arg("mount")
+    if mount is not None:
+        answer = _mount(request, oci.check_digest(mount), request.arg("from"))
+        if answer is not None:
+            return answer
+    digest = request.arg("digest")
+    if digest is not None:
+        oci.check_digest(digest)
+        uploads.store_blob(request.name, digest, request.body)
+        return _created(request.name, digest)
+    session = uploads.start(request.name)
+    return empty(202, _session_headers(session))
+
+
+@route("GET", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+def upload_status(request: Request) -> Response:
+    session = uploads.load(request.name, request.params["uuid"])
+    return empty(204, _session_headers(session))
+
+
+def _chunk_start(request: Request, length: int) -> Optional[int]:
+    """The start offset a Content-Range header claims, checked against the body's length."""
+    raw = request.header("content-range")
+    if raw is None:
+        return None
+    m = _CONTENT_RANGE.match(raw.strip())
+    if not m or int(m.group(2)) < int(m.group(1)) or int(m.group(2)) - int(m.group(1)) + 1 != length:
+        raise RegistryError("RANGE_INVALID", f"Content-Range {raw[:100]!r} does not describe the "
+                            f"{length} bytes sent", status=416)
+    return int(m.group(1))
+
+
+@route("PATCH", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+def upload_chunk(request: Request) -> Response:
+    session = uploads.load(request.name, request.params["uuid"])
+    body = request.body
+    try:
+        start = _chunk_start(request, len(body))
+    except RegistryError as error:
+        error.headers.update(_session_headers(session))
+        raise
+    session = uploads.append(session, body, start)
+    return empty(202, _session_headers(session))
+
+
+@route("PUT", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+def finish_upload(request: Request) -> Response:
+    session = uploads.load(request.name, request.params["uuid"])
+    digest = request.arg("digest")
+    if not digest:
+        raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
+    oci.check_digest(digest)
+    uploads.commit(session, digest, request.body)
+    return _created(request.name, digest)
+
+
+@route("DELETE", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+def cancel_upload(request: Request) -> Response:
+    session = uploads.load(request.name, request.params["uuid"])
+    uploads.finish(session)
+    return empty(204)

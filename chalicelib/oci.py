@@ -1,0 +1,86 @@
+"""The OCI grammar and vocabulary: names, tags, digests and media types.
+
+This is the one place these rules live; every other module imports them from here.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Tuple
+
+from chalicelib.errors import RegistryError
+
+# distribution-spec: <name> path components, joined by "/".
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+NAME_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+NAME_MAX = 255
+TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
+# image-spec descriptor.md: algorithm ":" encoded; only registered algorithms are supported.
+DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
+ALGORITHMS = {"sha256": 64, "sha512": 128}
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+IMAGE_MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = IMAGE_MANIFEST_TYPES | INDEX_TYPES
+# Layers that registries do not store (they carry "urls" to fetch them elsewhere).
+NONDISTRIBUTABLE_LAYER_TYPES = frozenset({
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+})
+MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+
+
+def is_valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX and bool(NAME_RE.match(name))
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a valid repository name, else raise NAME_INVALID."""
+    if not is_valid_name(name):
+        raise RegistryError("NAME_INVALID", f"invalid repository name: {name[:300]!r}",
+                            detail={"name": name[:300]})
+    return name
+
+
+def check_tag(tag: str) -> str:
+    if not TAG_RE.match(tag):
+        raise RegistryError("TAG_INVALID", f"invalid tag: {tag[:200]!r}", detail={"tag": tag[:200]})
+    return tag
+
+
+def parse_digest(digest: str) -> Tuple[str, str]:
+    """Split a digest into (algorithm, hex), raising DIGEST_INVALID for anything unsupported."""
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+        raise RegistryError("DIGEST_INVALID", f"invalid digest: {str(digest)[:200]!r}")
+    algorithm, encoded = digest.split(":", 1)
+    length = ALGORITHMS.get(algorithm)
+    if length is None:
+        raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm}",
+                            detail={"supported": sorted(ALGORITHMS)})
+    if len(encoded) != length or not re.fullmatch(r"[a-f0-9]+", encoded):
+        raise RegistryError("DIGEST_INVALID", f"invalid {algorithm} digest: {digest[:200]!r}")
+    return algorithm, encoded
+
+
+def check_digest(digest: str) -> str:
+    parse_digest(digest)
+    return digest
+
+
+def looks_like_digest(reference: str) -> bool:
+    """A manifest reference is a digest when it has a colon (tags cannot contain one)."""
+    return ":" in reference
+
+
+def new_hasher(algorithm: str = "sha256"):
+    return hashlib.new(algorithm)
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"

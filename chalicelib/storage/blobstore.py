@@ -1,0 +1,145 @@
+"""Blob bytes in S3: content-addressed objects, upload staging, multipart and presigned GETs.
+
+Key layout:
+  blobs/<algorithm>/<first two hex>/<hex>   one object per digest, shared by every repository
+  manifests/<algorithm>/<hex>               manifests too big to keep inline in DynamoDB
+  uploads/<upload id>/...                   staging of an upload session (parts, tail, assembly)
+"""
+from __future__ import annotations
+
+import threading
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from chalicelib.config import settings
+
+_client = None
+_client_lock = threading.Lock()
+COPY_OBJECT_MAX = 5 * 1024 ** 3   # CopyObject's limit; bigger objects are copied in parts
+READ_CHUNK = 8 * 1024 * 1024
+
+
+def client():
+    """One S3 client per process, created on first use (boto3 import is a cold-start cost)."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                import boto3
+                from botocore.config import Config
+                cfg = settings()
+                _client = boto3.client(
+                    "s3", region_name=cfg.region, endpoint_url=cfg.endpoint,
+                    config=Config(signature_version="s3v4", max_pool_connections=32,
+                                  s3={"addressing_style": "path" if cfg.endpoint else "auto"},
+                                  retries={"max_attempts": 3, "mode": "standard"}))
+    return _client
+
+
+def reset_client() -> None:
+    """Forget the cached client (tests point Berth at a new endpoint)."""
+    global _client
+    _client = None
+
+
+def _bucket() -> str:
+    return settings().bucket
+
+
+def blob_key(digest: str) -> str:
+    algorithm, encoded = digest.split(":", 1)
+    return f"blobs/{algorithm}/{encoded[:2]}/{encoded}"
+
+
+def manifest_key(digest: str) -> str:
+    algorithm, encoded = digest.split(":", 1)
+    return f"manifests/{algorithm}/{encoded}"
+
+
+def upload_prefix(upload_id: str) -> str:
+    return f"uploads/{upload_id}/"
+
+
+def presigned_get_url(key: str, expires: Optional[int] = None) -> str:
+    """A download URL for `key`; signing is local, so this costs no request."""
+    return client().generate_presigned_url(
+        "get_object", Params={"Bucket": _bucket(), "Key": key},
+        ExpiresIn=expires or settings().presign_expires)
+
+
+def put_object(key: str, data: bytes) -> None:
+    client().put_object(Bucket=_bucket(), Key=key, Body=data)
+
+
+def get_object(key: str) -> bytes:
+    return client().get_object(Bucket=_bucket(), Key=key)["Body"].read()
+
+
+def iter_object(key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
+    body = client().get_object(Bucket=_bucket(), Key=key)["Body"]
+    try:
+        while True:
+            data = body.read(chunk)
+            if not data:
+                return
+            yield data
+    finally:
+        body.close()
+
+
+def copy_object(source: str, dest: str, size: int) -> None:
+    """Server-side copy; S3 does the work, no byte passes through Berth."""
+    s3 = client()
+    if size <= COPY_OBJECT_MAX:
+        s3.copy_object(Bucket=_bucket(), Key=dest, CopySource={"Bucket": _bucket(), "Key": source})
+    else:
+        from boto3.s3.transfer import TransferConfig
+        s3.copy({"Bucket": _bucket(), "Key": source}, _bucket(), dest,
+                Config=TransferConfig(multipart_chunksize=1024 ** 3))
+
+
+def delete_object(key: str) -> None:
+    client().delete_object(Bucket=_bucket(), Key=key)
+
+
+def delete_prefix(prefix: str) -> None:
+    s3 = client()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=_bucket(), Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=_bucket(), Delete={"Objects": keys, "Quiet": True})
+
+
+def create_multipart(key: str) -> str:
+    return client().create_multipart_upload(Bucket=_bucket(), Key=key)["UploadId"]
+
+
+def upload_part(key: str, mpu_id: str, number: int, data: bytes) -> str:
+    return client().upload_part(Bucket=_bucket(), Key=key, UploadId=mpu_id, PartNumber=number,
+                                Body=data)["ETag"]
+
+
+def upload_part_copy(key: str, mpu_id: str, number: int, source: str) -> str:
+    answer = client().upload_part_copy(Bucket=_bucket(), Key=key, UploadId=mpu_id,
+                                       PartNumber=number,
+                                       CopySource={"Bucket": _bucket(), "Key": source})
+    return answer["CopyPartResult"]["ETag"]
+
+
+def complete_multipart(key: str, mpu_id: str, parts: Sequence[Tuple[int, str]]) -> None:
+    client().complete_multipart_upload(
+        Bucket=_bucket(), Key=key, UploadId=mpu_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]})
+
+
+def abort_multipart(key: str, mpu_id: str) -> None:
+    try:
+        client().abort_multipart_upload(Bucket=_bucket(), Key=key, UploadId=mpu_id)
+    except client().exceptions.NoSuchUpload:
+        pass
+
+
+def list_keys(prefix: str) -> List[str]:
+    keys: List[str] = []
+    for page in client().get_paginator("list_objects_v2").paginate(Bucket=_bucket(), Prefix=prefix):
+        keys.extend(o["Key"] for o in page.get("Contents", []))
+    return keys

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the tests and benchmarks drive: the real registry clients, and the reference
+# registry to compare with. Installs only what is missing; needs root (or sudo) to install.
+set -euo pipefail
+need=()
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v podman >/dev/null || need+=(podman)
+if [ "${BERTH_BENCH_DEPS:-}" = 1 ]; then
+  command -v docker-registry >/dev/null || need+=(docker-registry)
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v hey >/dev/null || need+=(hey)
+fi
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${need[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
