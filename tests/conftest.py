@@ -1,0 +1,79 @@
+"""Shared fixtures: moto as the AWS, and the registry served through the local gateway.
+
+moto is started (and the environment pointed at it) when this file is imported, before any test
+module imports chalicelib, whose settings are read once per process.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Iterator
+
+import pytest
+import requests
+
+from berth_local import backend
+
+MOTO_ENDPOINT, _MOTO = backend.start_moto_thread()
+backend.use_endpoint(MOTO_ENDPOINT)
+
+
+def pytest_unconfigure(config):
+    _MOTO.stop()
+
+
+def _serve(**options) -> Iterator[str]:
+    from app import app
+    from berth_local.gateway import make_wsgi_app
+    from berth_local.serve import start_in_thread
+    from chalicelib.storage.setup import ensure_resources
+    ensure_resources()
+    server, port = start_in_thread(make_wsgi_app(app, **options))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[str]:
+    """Base URL of Berth as `make run` serves it (any body size, bodies fed in pieces)."""
+    yield from _serve()
+
+
+@pytest.fixture(scope="session")
+def lambda_registry() -> Iterator[str]:
+    """Base URL of Berth with Lambda's 6 MB request limit emulated."""
+    yield from _serve(max_body_bytes=6 * 1024 * 1024)
+
+
+class AwsCalls:
+    """Counts AWS API calls made by this process (botocore), per service and operation."""
+
+    def __init__(self) -> None:
+        self.calls: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def record(self, service: str, operation: str) -> None:
+        with self._lock:
+            self.calls[(service, operation)] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+
+    def count(self, service: str) -> int:
+        return sum(n for (s, _), n in self.calls.items() if s == service)
+
+
+@pytest.fixture
+def aws_calls(monkeypatch) -> AwsCalls:
+    from botocore.client import BaseClient
+    counter = AwsCalls()
+    original = BaseClient._make_api_call
+
+    def counting(self, operation_name, api_params):
+        counter.record(self.meta.service_model.service_name, operation_name)
+        return original(self, operation_name, api_params)
+    monkeypatch.setattr(BaseClient, "_make_api_call", counting)
+    return counter
