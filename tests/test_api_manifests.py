@@ -7,7 +7,7 @@ import threading
 import pytest
 import requests
 
-from support.registry_api import (error_code, image_manifest, push_blob, push_image, sha256)
+from tests.support.registry_api import (error_code, image_manifest, push_blob, push_image, sha256)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

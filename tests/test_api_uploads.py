@@ -7,7 +7,7 @@ import os
 import pytest
 import requests
 
-from support.registry_api import absolute, error_code, push_blob, sha256
+from tests.support.registry_api import absolute, error_code, push_blob, sha256
 
 MiB = 1024 * 1024
 

@@ -1,0 +1,53 @@
+"""Write bench/RESULTS.md from a `make bench` run: Berth against docker-registry, as ratios."""
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+
+TARGETS = {("large", "push"): 1.5, ("large", "pull"): 1.5, ("large", "repush"): 2.0}
+MEMORY_TARGET_MIB = 300
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def main() -> None:
+    out = sys.argv[1]
+    berth = load(os.path.join(out, "berth.json"))
+    ref = load(os.path.join(out, "distribution-s3.json"))
+    mem = load(os.path.join(out, "berth-peak-rss.json"))
+    lines = [f"# Benchmark: Berth (local mode) vs docker-registry 2.8 (S3 on moto)", "",
+             f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
+             f"{platform.python_implementation()} {platform.python_version()}; "
+             f"regbench reps={berth['meta'].get('reps')}. Seconds are medians; ratio = Berth / "
+             "docker-registry (lower is better).", "",
+             "| image | phase | Berth s | docker-registry s | ratio | target |",
+             "|---|---|---:|---:|---:|---|"]
+    for image, result in berth.get("transfer", {}).items():
+        for phase in ("push", "repush", "pull"):
+            b = result[phase]["median"]
+            d = ref["transfer"][image][phase]["median"]
+            target = TARGETS.get((image, phase))
+            verdict = "" if target is None else (f"≤ {target}× " + ("met" if b / d <= target
+                                                                   else "MISSED"))
+            lines.append(f"| {image} | {phase} | {b:.2f} | {d:.2f} | {b / d:.2f} | {verdict} |")
+    lines += ["", "| metadata endpoint | tool | conns | Berth req/s | docker-registry req/s | ratio |",
+              "|---|---|---:|---:|---:|---:|"]
+    ref_rows = {(r["endpoint"], r["tool"], r["connections"]): r for r in ref.get("metadata") or []}
+    for r in berth.get("metadata") or []:
+        other = ref_rows.get((r["endpoint"], r["tool"], r["connections"]))
+        if other and other["rps"]:
+            lines.append(f"| {r['endpoint']} | {r['tool']} | {r['connections']} | {r['rps']:.0f} | "
+                         f"{other['rps']:.0f} | {r['rps'] / other['rps']:.2f} |")
+    verdict = "met" if mem["peak_rss_mib"] < MEMORY_TARGET_MIB else "MISSED"
+    lines += ["", f"Registry process peak RSS over the whole Berth run (push, re-push, pull, "
+              f"metadata load; moto excluded): **{mem['peak_rss_mib']} MiB** "
+              f"(VmHWM {mem['vmhwm_mib']} MiB; target < {MEMORY_TARGET_MIB} MiB: {verdict})."]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

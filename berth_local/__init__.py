@@ -1,0 +1,1 @@
+"""Local stand-in for API Gateway + Lambda, so the Chalice app runs as a real registry on a laptop."""

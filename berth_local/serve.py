@@ -1,0 +1,110 @@
+"""Run the local gateway under waitress, tuned for registry traffic.
+
+waitress is used because it de-chunks `Transfer-Encoding: chunked` bodies (podman sends them),
+spools large bodies to a temp file instead of RAM, answers `Expect: 100-continue` by itself and
+is pure Python. Its defaults are tuned for web pages, so limits are raised for layer pushes, and
+TLS attempts on the plain-HTTP port are refused at once (see PlainHTTPChannel).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Iterable, Union
+
+import waitress
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, MultiSocketServer
+
+log = logging.getLogger(__name__)
+
+GIB = 1024 ** 3
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+Server = Union[BaseWSGIServer, MultiSocketServer]
+
+# Adjustments shared by serve() and start_in_thread().
+WAITRESS_OPTIONS: dict[str, Any] = {
+    # waitress refuses bodies >= 1 GiB by default; layers can be bigger.
+    "max_request_body_size": 64 * GIB,
+    # Idle connections only; a slow client still uploading is active and unaffected.
+    "channel_timeout": 900,
+    # Bigger socket reads: a 500 MB layer is ~7600 reads instead of ~61000 at the 8 KiB default.
+    "recv_bytes": 65536,
+    "clear_untrusted_proxy_headers": True,
+    "expose_tracebacks": False,
+    "ident": "berth-local",
+}
+
+_TLS_HANDSHAKE_RECORD = 0x16
+# A TLS 1.0-framed fatal "handshake_failure" alert: content type 21, version 3.1, length 2.
+_TLS_FATAL_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
+
+
+class PlainHTTPChannel(HTTPChannel):
+    """An HTTP channel that turns TLS away immediately.
+
+    skopeo/podman with `--tls-verify=false` first try HTTPS on the registry's port and fall back
+    to HTTP only when that fails. waitress would keep waiting for the end of an HTTP header that
+    a TLS ClientHello never contains, so every client run stalled for Go's 10 s TLS handshake
+    timeout. Answering with a fatal TLS alert makes the handshake fail at once.
+    """
+
+    _first_bytes_seen = False
+
+    def received(self, data: bytes) -> bool:
+        if not self._first_bytes_seen and data:
+            self._first_bytes_seen = True
+            if data[0] == _TLS_HANDSHAKE_RECORD:
+                self._refuse_tls()
+                return False
+        return super().received(data)
+
+    def _refuse_tls(self) -> None:
+        log.debug("refusing a TLS handshake from %s on the plain-HTTP port", self.addr)
+        try:
+            self.socket.send(_TLS_FATAL_ALERT)
+        except OSError:
+            pass
+        self.handle_close()
+
+
+def _options(threads: int) -> dict[str, Any]:
+    return {**WAITRESS_OPTIONS, "threads": threads}
+
+
+def _listeners(server: Server) -> list[BaseWSGIServer]:
+    if isinstance(server, MultiSocketServer):  # a host name that resolved to several addresses
+        return [s for s in server.map.values() if isinstance(s, BaseWSGIServer)]
+    return [server]
+
+
+def create_server(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8) -> Server:
+    """A waitress server with Berth's adjustments; it does not serve until `.run()`."""
+    server = waitress.create_server(wsgi_app, host=host, port=port, **_options(threads))
+    for listener in _listeners(server):
+        listener.channel_class = PlainHTTPChannel
+    return server
+
+
+def serve(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8) -> None:
+    """Serve until interrupted (blocking)."""
+    logging.basicConfig(level=logging.INFO)
+    server = create_server(wsgi_app, host, port, threads)
+    server.print_listen("Serving on http://{}:{}")
+    server.run()  # returns on Ctrl-C (waitress catches KeyboardInterrupt and shuts its threads down)
+
+
+def start_in_thread(
+    wsgi_app: WSGIApp, host: str = "127.0.0.1", port: int = 0, threads: int = 8
+) -> tuple[Server, int]:
+    """Start serving in a daemon thread; return (server, actual port). `server.close()` stops it.
+
+    Port 0 picks a free port, so parallel test runs do not collide. Give a literal address:
+    a name resolving to several addresses would get one ephemeral port each.
+    """
+    server = create_server(wsgi_app, host, port, threads)
+    actual_port = int(_listeners(server)[0].effective_port)
+    thread = threading.Thread(target=server.run, name=f"berth-gateway-{actual_port}", daemon=True)
+    thread.start()
+    return server, actual_port
