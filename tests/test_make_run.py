@@ -1,0 +1,86 @@
+"""`make run`'s server as a user starts it: its own process, moto as a child, real clients."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from berth_local.backend import free_port
+from tests.support.clients import Podman, layout_digests, skopeo_copy
+from tests.support.images import build_image
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory):
+    """Start `python -m berth_local.run` (what `make run` runs) on a free port."""
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING")
+    env.pop("BERTH_AWS_ENDPOINT", None)   # it must start its own moto, not reuse the tests'
+    log = tmp_path_factory.mktemp("make-run") / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url + "/v2/", proc, log)
+        yield url, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"berth_local.run exited:\n{log.read_text()}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"no answer from {url}:\n{log.read_text()}")
+
+
+def test_it_prints_the_registry_and_moto_urls(make_run):
+    url, log = make_run
+    text = log.read_text()
+    assert f"Berth registry: {url}" in text and "moto S3+DynamoDB: http://127.0.0.1:" in text
+
+
+def test_skopeo_and_podman_round_trips_of_a_50_mib_image(make_run, tmp_path_factory):
+    url, _ = make_run
+    host = url.split("//")[1]
+    cache = Path(os.environ.get("BERTH_E2E_IMAGE_CACHE") or tmp_path_factory.mktemp("images"))
+    img = build_image(cache / "make-run", layers=[52 * MiB, 512 * 1024], seed="berth-make-run")
+    work = tmp_path_factory.mktemp("make-run-clients")
+    assert skopeo_copy(img.oci_ref, f"docker://{host}/run/skopeo:v1").digest == img.manifest_digest
+    skopeo_copy(f"docker://{host}/run/skopeo:v1", f"oci:{work / 'pulled'}:v1")
+    got = layout_digests(work / "pulled", "v1")
+    assert (got["manifest_digest"], got["config_digest"], got["layer_digests"]) == (
+        img.manifest_digest, img.config_digest, img.layer_digests)
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    pusher, puller = Podman(work / "push"), Podman(work / "pull")
+    try:
+        local = pusher.load_oci(img.path, img.tag, name="make-run")
+        pushed = pusher.push(local, f"{host}/run/podman:v1")
+        puller.pull(f"{host}/run/podman:v1")
+        got = puller.identity(f"{host}/run/podman:v1")
+        assert got.manifest_digest == pushed.digest
+        assert got.content() == pusher.identity(local).content()
+    finally:
+        pusher.cleanup()
+        puller.cleanup()
