@@ -90,6 +90,7 @@ def create_server(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8) -> 
 def serve(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8) -> None:
     """Serve until interrupted (blocking)."""
     logging.basicConfig(level=logging.INFO)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
     server = create_server(wsgi_app, host, port, threads)
     server.print_listen("Serving on http://{}:{}")
     server.run()  # returns on Ctrl-C (waitress catches KeyboardInterrupt and shuts its threads down)

@@ -24,7 +24,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import oci
 from chalicelib.errors import RegistryError
 from chalicelib.storage import blobstore
-from chalicelib.storage.metadata import connection, link_blob
+from chalicelib.storage.metadata import connection, is_condition_failure, link_blob
 from chalicelib.storage.models import UPLOADS_PK, BlobItem, UploadItem
 
 PART_MIN = 5 * 1024 * 1024   # S3's minimum size of every part but the last
@@ -141,7 +141,7 @@ def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None)
     try:
         session.save(condition=(UploadItem.offset == old_offset))
     except PutError as exc:
-        if _is_condition_failure(exc):
+        if is_condition_failure(exc):
             raise RegistryError("BLOB_UPLOAD_INVALID",
                                 "another request changed this upload at the same time") from None
         raise
@@ -163,15 +163,11 @@ def _write_part(session: UploadItem, data: bytes) -> None:
     session.parts = list(session.parts) + [[number, etag, len(data)]]
 
 
-def _is_condition_failure(exc: Exception) -> bool:
-    return "ConditionalCheckFailed" in str(getattr(exc, "cause_response_code", "") or exc)
-
-
 def commit(session: UploadItem, digest: str, final_data: bytes = b"") -> None:
     """Finish the upload as blob `digest`: verify, store content-addressed, link, clean up."""
     algorithm, _ = oci.parse_digest(digest)
-    if final_data and session.offset == 0 and session.mpu_id is None:
-        _commit_in_memory(session, digest, final_data)
+    if final_data and session.offset == 0:
+        store_blob(session.repo, digest, final_data, session)
         return
     session = append(session, final_data)
     hasher = _hashes.get(session.sk, session.offset) if algorithm == "sha256" else None
@@ -184,32 +180,29 @@ def commit(session: UploadItem, digest: str, final_data: bytes = b"") -> None:
     finish(session)
 
 
-def _commit_in_memory(session: UploadItem, digest: str, data: bytes) -> None:
-    """The whole blob came in one request: hash it, store it, no staging."""
+def store_blob(repo: str, digest: str, data: bytes,
+               session: Optional[UploadItem] = None) -> None:
+    """Store a blob that came whole in one request (monolithic POST or PUT): no staging at all."""
     algorithm, _ = oci.parse_digest(digest)
     if oci.digest_of(data, algorithm) != digest:
-        _reject(session, digest)
+        if session is not None:
+            finish(session)
+        raise _digest_mismatch(digest)
     if not _blob_exists(digest):
         blobstore.put_object(blobstore.blob_key(digest), data)
-    _record_blob(session.repo, digest, len(data), session)
-    _hashes.drop(session.sk)
+    _record_blob(repo, digest, len(data), session)
+    if session is not None:
+        _hashes.drop(session.sk)
 
 
-def store_blob(repo: str, digest: str, data: bytes) -> None:
-    """A monolithic upload (POST ?digest= with the body): no session at all."""
-    algorithm, _ = oci.parse_digest(digest)
-    if oci.digest_of(data, algorithm) != digest:
-        raise RegistryError("DIGEST_INVALID", f"the uploaded content does not hash to {digest}",
-                            detail={"digest": digest})
-    if not _blob_exists(digest):
-        blobstore.put_object(blobstore.blob_key(digest), data)
-    _record_blob(repo, digest, len(data), None)
+def _digest_mismatch(digest: str) -> RegistryError:
+    return RegistryError("DIGEST_INVALID", f"the uploaded content does not hash to {digest}",
+                         detail={"digest": digest})
 
 
 def _reject(session: UploadItem, digest: str) -> None:
     finish(session)
-    raise RegistryError("DIGEST_INVALID", f"the uploaded content does not hash to {digest}",
-                        detail={"digest": digest})
+    raise _digest_mismatch(digest)
 
 
 def _assemble(session: UploadItem) -> Optional[str]:

@@ -247,8 +247,7 @@ def test_catalog_lists_repositories_in_pages(registry):
     ("a//b/manifests/latest", "NAME_INVALID"),
     ("a-/manifests/latest", "NAME_INVALID"),
     ("ok/manifests/bad:tag:x", "DIGEST_INVALID"),
-    ("ok/manifests/.dot", "TAG_INVALID"),
-    ("ok/manifests/" + "t" * 129, "TAG_INVALID"),
+    ("ok/manifests/.dot", "MANIFEST_UNKNOWN"),   # can never be a tag: names no manifest
     ("ok/blobs/sha256:short", "DIGEST_INVALID"),
     ("ok/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", "DIGEST_INVALID"),
     ("ok/blobs/notadigest", "DIGEST_INVALID"),
@@ -256,6 +255,14 @@ def test_catalog_lists_repositories_in_pages(registry):
 def test_bad_names_tags_and_digests(registry, path, code):
     r = requests.get(f"{registry}/v2/{path}")
     assert 400 <= r.status_code < 500 and error_code(r) == code
+
+
+@pytest.mark.parametrize("tag", [".dot", "t" * 129, "-dash", "a+b"])
+def test_pushing_an_invalid_tag_is_tag_invalid(registry, tag):
+    body = small_image(registry, "m/badtag")
+    r = put_manifest(registry, "m/badtag", tag, body)
+    assert r.status_code == 400 and error_code(r) == "TAG_INVALID"
+    assert requests.get(f"{registry}/v2/m/badtag/tags/list").status_code == 404
 
 
 def test_deep_repository_names(registry):

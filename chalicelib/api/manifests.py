@@ -13,12 +13,20 @@ from chalicelib.storage import metadata
 MANIFEST = r"(?P<name>.+)/manifests/(?P<reference>[^/]+)"
 
 
-def _reference(request: Request) -> Tuple[Optional[str], Optional[str]]:
-    """(tag, digest) of the path's reference; exactly one is set."""
+def _reference(request: Request, *, for_write: bool = False) -> Tuple[Optional[str], Optional[str]]:
+    """(tag, digest) of the path's reference; exactly one is set.
+
+    A reference that can never be a tag is TAG_INVALID when pushed, but on reads and deletes it
+    simply names no manifest: 404, as the spec (and its conformance suite) require.
+    """
     reference = request.params["reference"]
     if oci.looks_like_digest(reference):
         return None, oci.check_digest(reference)
-    return oci.check_tag(reference), None
+    if for_write:
+        return oci.check_tag(reference), None
+    if not oci.TAG_RE.match(reference):
+        raise RegistryError("MANIFEST_UNKNOWN", detail={"tag": reference[:200]})
+    return reference, None
 
 
 @route("GET", MANIFEST, "/v2/{name}/manifests/{reference}")
@@ -40,7 +48,7 @@ def get_manifest(request: Request) -> Response:
 
 @route("PUT", MANIFEST, "/v2/{name}/manifests/{reference}")
 def put_manifest(request: Request) -> Response:
-    tag, digest = _reference(request)
+    tag, digest = _reference(request, for_write=True)
     body = request.body
     algorithm = oci.parse_digest(digest)[0] if digest else "sha256"
     actual = oci.digest_of(body, algorithm)

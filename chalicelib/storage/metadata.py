@@ -48,14 +48,24 @@ def get_link(repo: str, digest: str) -> Optional[LinkItem]:
         return None
 
 
-def remove_link(repo: str, digest: str) -> bool:
+def is_condition_failure(exc: Exception) -> bool:
+    """Whether a PynamoDB write failed because its condition expression did not hold."""
+    return getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException"
+
+
+def _delete_existing(item) -> bool:
+    """Delete `item`; False (and no write) if it did not exist."""
     try:
-        LinkItem(repo_pk(repo), link_sk(digest)).delete(condition=LinkItem.sk.exists())
+        item.delete(condition=type(item).sk.exists())
         return True
     except DeleteError as exc:
-        if "ConditionalCheckFailed" in str(exc.cause_response_code or exc):
+        if is_condition_failure(exc):
             return False
         raise
+
+
+def remove_link(repo: str, digest: str) -> bool:
+    return _delete_existing(LinkItem(repo_pk(repo), link_sk(digest)))
 
 
 def _missing(model, repo: str, sort_keys: Dict[str, str]) -> Set[str]:
@@ -177,13 +187,7 @@ def delete_manifest(repo: str, digest: str) -> bool:
 
 
 def delete_tag(repo: str, tag: str) -> bool:
-    try:
-        TagItem(repo_pk(repo), tag_sk(tag)).delete(condition=TagItem.sk.exists())
-        return True
-    except DeleteError as exc:
-        if "ConditionalCheckFailed" in str(exc.cause_response_code or exc):
-            return False
-        raise
+    return _delete_existing(TagItem(repo_pk(repo), tag_sk(tag)))
 
 
 def _chunks(items: List, size: int):
