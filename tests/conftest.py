@@ -5,12 +5,13 @@ module imports chalicelib, whose settings are read once per process.
 """
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
 
 from berth_local import backend
 
@@ -77,3 +78,13 @@ def aws_calls(monkeypatch) -> AwsCalls:
         return original(self, operation_name, api_params)
     monkeypatch.setattr(BaseClient, "_make_api_call", counting)
     return counter
+
+
+@pytest.fixture(scope="session")
+def image_cache(tmp_path_factory) -> Path:
+    """Where test images are built: once per session, or kept in $BERTH_E2E_IMAGE_CACHE."""
+    env = os.environ.get("BERTH_E2E_IMAGE_CACHE")
+    if env:
+        Path(env).mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    return tmp_path_factory.mktemp("e2e-images")

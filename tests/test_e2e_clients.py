@@ -5,7 +5,6 @@ re-hashed and compared with what was pushed.
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -20,15 +19,6 @@ from tests.support.refregistry import RecordingProxy
 MiB, KiB = 1 << 20, 1 << 10
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
-
-
-@pytest.fixture(scope="session")
-def image_cache(tmp_path_factory) -> Path:
-    env = os.environ.get("BERTH_E2E_IMAGE_CACHE")
-    if env:
-        Path(env).mkdir(parents=True, exist_ok=True)
-        return Path(env)
-    return tmp_path_factory.mktemp("e2e-images")
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,8 @@ when set (kept across sessions; layouts are rebuilt only when their parameters c
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
@@ -31,15 +29,6 @@ pytestmark = [
     pytest.mark.skipif(bool(_missing), reason=f"e2e self-check needs {' and '.join(_missing)} "
                        f"(apt-get install skopeo docker-registry)"),
 ]
-
-
-@pytest.fixture(scope="session")
-def image_cache(tmp_path_factory) -> Path:
-    env = os.environ.get("BERTH_E2E_IMAGE_CACHE")
-    if env:
-        Path(env).mkdir(parents=True, exist_ok=True)
-        return Path(env)
-    return tmp_path_factory.mktemp("e2e-images")
 
 
 @pytest.fixture(scope="session")
