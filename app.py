@@ -15,7 +15,7 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 @app.route("/v2", methods=["GET", "HEAD"])
 def api_base():
-    return dispatch.base(app.current_request)
+    return dispatch.handle(app.current_request, "")
 
 
 # Any Content-Type: blobs are octet-streams, manifests carry their own media types.

@@ -17,16 +17,18 @@ port=${BENCH_PORT:-5400}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-PORT=$port BERTH_LOG_LEVEL=WARNING .venv/bin/python -m berth_local.run >"$out/berth.log" 2>&1 &
+password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
+PORT=$port BERTH_LOG_LEVEL=WARNING BERTH_ADMIN_USER=bench BERTH_ADMIN_PASSWORD="$password" \
+  .venv/bin/python -m berth_local.run >"$out/berth.log" 2>&1 &
 berth=$!
 pids+=("$berth")
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/v2/" && break; sleep 0.2; done
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/v2/" && break; sleep 0.2; done
 .venv/bin/python bench/peakmem.py "$berth" "$out/berth-peak-rss.json" &
 pids+=($!)
 
 echo "== Berth (local mode, moto in a separate process)" >&2
 python3 "$tools/regbench.py" --registry "http://127.0.0.1:$port" --namespace bench \
-  --out "$out/berth.json" "${args[@]}"
+  --user bench --password "$password" --out "$out/berth.json" "${args[@]}"
 kill -USR1 "${pids[1]}" 2>/dev/null || true
 sleep 0.5
 

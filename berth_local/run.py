@@ -2,15 +2,51 @@
 
 Environment: PORT (5000), BERTH_HOST (127.0.0.1), BERTH_MOTO_PORT (a free port),
 BERTH_MAX_BODY_BYTES (unset: any body size; set: refuse bodies over it as Lambda would),
-BERTH_THREADS (8).
+BERTH_THREADS (8), BERTH_ADMIN_USER (admin) and BERTH_ADMIN_PASSWORD (generated and printed).
+It writes .berth/local.json so that `berth` commands find this registry without configuration,
+and keeps the token signing key in .berth/token-key.
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import sys
+from pathlib import Path
 
 from berth_local import backend
+
+STATE_DIR = Path(__file__).resolve().parent.parent / ".berth"
+STATE_FILE = STATE_DIR / "local.json"
+KEY_FILE = STATE_DIR / "token-key"
+
+
+def _token_key_file() -> Path:
+    """A signing key that survives restarts (tokens stay valid), readable by the owner only."""
+    STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+    if not KEY_FILE.exists():
+        fd = os.open(KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return KEY_FILE
+
+
+def _ensure_admin() -> tuple:
+    from chalicelib.auth import accounts
+    username = os.environ.get("BERTH_ADMIN_USER") or "admin"
+    password = os.environ.get("BERTH_ADMIN_PASSWORD")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(18)
+    accounts.ensure_user(username, password, admin=True)
+    return username, password if generated else None
+
+
+def _write_state(url: str, endpoint: str) -> None:
+    STATE_FILE.write_text(json.dumps({"registry": url, "aws_endpoint": endpoint,
+                                      "pid": os.getpid(), "token_key_file": str(KEY_FILE)}))
+    STATE_FILE.chmod(0o600)
 
 
 def main() -> int:
@@ -19,20 +55,31 @@ def main() -> int:
     max_body = os.environ.get("BERTH_MAX_BODY_BYTES")
     endpoint, moto = backend.start_moto_process(int(os.environ.get("BERTH_MOTO_PORT", "0")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    url = f"http://{host}:{port}"
     try:
         backend.use_endpoint(endpoint)
+        os.environ.setdefault("BERTH_TOKEN_KEY_FILE", str(_token_key_file()))
         from chalicelib.storage.setup import ensure_resources
         ensure_resources()
+        admin, generated_password = _ensure_admin()
         from app import app
         from berth_local.gateway import make_wsgi_app
         from berth_local.serve import serve
         wsgi = make_wsgi_app(app, max_body_bytes=int(max_body) if max_body else None)
-        print(f"Berth registry: http://{host}:{port}  (moto S3+DynamoDB: {endpoint})", flush=True)
+        _write_state(url, endpoint)
+        print(f"Berth registry: {url}  (moto S3+DynamoDB: {endpoint})", flush=True)
+        if generated_password:
+            print(f"Admin user: {admin}  password: {generated_password}  (generated; set "
+                  "BERTH_ADMIN_PASSWORD to choose it)", flush=True)
+        else:
+            print(f"Admin user: {admin}  (password from BERTH_ADMIN_PASSWORD)", flush=True)
         if max_body:
             print(f"Refusing request bodies over {max_body} bytes, as API Gateway/Lambda would",
                   flush=True)
         serve(wsgi, host, port, threads=int(os.environ.get("BERTH_THREADS", "8")))
     finally:
+        if STATE_FILE.exists() and json.loads(STATE_FILE.read_text()).get("pid") == os.getpid():
+            STATE_FILE.unlink()
         moto.terminate()
         moto.wait(timeout=10)
     return 0

@@ -15,6 +15,10 @@ class Settings:
     endpoint: Optional[str]       # one endpoint for S3 and DynamoDB: moto locally, None in AWS
     presign_expires: int          # seconds a blob download URL stays valid
     inline_manifest_max: int      # bigger manifests go to S3 (DynamoDB items stop at 400 KB)
+    service: str                  # the token `aud` and the `service` of auth challenges
+    issuer: str                   # the token `iss`
+    token_ttl: int                # seconds a registry token is valid
+    public_url: Optional[str]     # base URL clients use, for the token realm; else from Host
 
 
 @lru_cache(maxsize=1)
@@ -26,4 +30,8 @@ def settings() -> Settings:
         endpoint=os.environ.get("BERTH_AWS_ENDPOINT") or None,
         presign_expires=int(os.environ.get("BERTH_PRESIGN_EXPIRES", "300")),
         inline_manifest_max=int(os.environ.get("BERTH_INLINE_MANIFEST_MAX", str(350 * 1024))),
+        service=os.environ.get("BERTH_SERVICE", "berth"),
+        issuer=os.environ.get("BERTH_ISSUER", "berth"),
+        token_ttl=int(os.environ.get("BERTH_TOKEN_TTL", "300")),
+        public_url=(os.environ.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
     )

@@ -84,3 +84,21 @@ def new_hasher(algorithm: str = "sha256"):
 
 def digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+# Users and namespaces: a namespace is the first component of a repository name.
+NAMESPACE_RE = re.compile(rf"^{_COMPONENT}$")
+NAMESPACE_MAX = 64
+USERNAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+
+
+def namespace_of(repository: str) -> str:
+    return repository.split("/", 1)[0]
+
+
+def is_valid_namespace(namespace: str) -> bool:
+    return len(namespace) <= NAMESPACE_MAX and bool(NAMESPACE_RE.match(namespace))
+
+
+def is_valid_username(username: str) -> bool:
+    return bool(USERNAME_RE.match(username))

@@ -17,18 +17,31 @@ from berth_local import backend
 
 MOTO_ENDPOINT, _MOTO = backend.start_moto_thread()
 backend.use_endpoint(MOTO_ENDPOINT)
+os.environ["BERTH_TOKEN_KEY"] = "test-signing-key-" + "k" * 32
+for _name in ("BERTH_TOKEN_KEY_FILE", "BERTH_TOKEN_KEY_PARAM", "BERTH_PUBLIC_URL"):
+    os.environ.pop(_name, None)
 
 
 def pytest_unconfigure(config):
     _MOTO.stop()
 
 
+@pytest.fixture(scope="session")
+def admin_credentials():
+    """The admin user (cheap scrypt parameters: test speed; production hashes use the default)."""
+    from chalicelib.auth import accounts
+    from chalicelib.storage.setup import ensure_resources
+    from tests.support.registry_api import ADMIN
+    ensure_resources()
+    if accounts.get_user(ADMIN[0]) is None:
+        accounts.create_user(*ADMIN, admin=True, log2_n=10)
+    return ADMIN
+
+
 def _serve(**options) -> Iterator[str]:
     from app import app
     from berth_local.gateway import make_wsgi_app
     from berth_local.serve import start_in_thread
-    from chalicelib.storage.setup import ensure_resources
-    ensure_resources()
     server, port = start_in_thread(make_wsgi_app(app, **options))
     try:
         yield f"http://127.0.0.1:{port}"
@@ -37,13 +50,13 @@ def _serve(**options) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def registry() -> Iterator[str]:
+def registry(admin_credentials) -> Iterator[str]:
     """Base URL of Berth as `make run` serves it (any body size, bodies fed in pieces)."""
     yield from _serve()
 
 
 @pytest.fixture(scope="session")
-def lambda_registry() -> Iterator[str]:
+def lambda_registry(admin_credentials) -> Iterator[str]:
     """Base URL of Berth with Lambda's 6 MB request limit emulated."""
     yield from _serve(max_body_bytes=6 * 1024 * 1024)
 

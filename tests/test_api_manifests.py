@@ -5,9 +5,9 @@ import json
 import threading
 
 import pytest
-import requests
 
-from tests.support.registry_api import (error_code, image_manifest, push_blob, push_image, sha256)
+
+from tests.support.registry_api import (error_code, http, image_manifest, push_blob, push_image, sha256)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -16,7 +16,7 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def put_manifest(base, repo, reference, body: bytes, media_type=OCI_MANIFEST):
-    return requests.put(f"{base}/v2/{repo}/manifests/{reference}", data=body,
+    return http.put(f"{base}/v2/{repo}/manifests/{reference}", data=body,
                         headers={"Content-Type": media_type})
 
 
@@ -37,12 +37,12 @@ def test_manifest_round_trip_by_tag_and_digest_returns_exact_bytes(registry):
     assert r.headers["Docker-Content-Digest"] == sha256(body)
     assert r.headers["Location"] == f"/v2/m/exact/manifests/{sha256(body)}"
     for reference in ("v1", sha256(body)):
-        r = requests.get(f"{registry}/v2/m/exact/manifests/{reference}")
+        r = http.get(f"{registry}/v2/m/exact/manifests/{reference}")
         assert r.status_code == 200
         assert r.content == body
         assert r.headers["Content-Type"] == OCI_MANIFEST
         assert r.headers["Docker-Content-Digest"] == sha256(body)
-        h = requests.head(f"{registry}/v2/m/exact/manifests/{reference}")
+        h = http.head(f"{registry}/v2/m/exact/manifests/{reference}")
         assert h.status_code == 200 and h.content == b""
         assert h.headers["Content-Length"] == str(len(body))
         assert h.headers["Docker-Content-Digest"] == sha256(body)
@@ -59,7 +59,7 @@ def test_manifest_get_by_tag_costs_two_dynamodb_reads_and_no_s3(registry, aws_ca
     body = small_image(registry, "cost/manifest")
     put_manifest(registry, "cost/manifest", "latest", body)
     aws_calls.reset()
-    assert requests.get(f"{registry}/v2/cost/manifest/manifests/latest").content == body
+    assert http.get(f"{registry}/v2/cost/manifest/manifests/latest").content == body
     assert aws_calls.count("dynamodb") <= 2, aws_calls.calls
     assert aws_calls.count("s3") == 0, aws_calls.calls
 
@@ -76,7 +76,7 @@ def test_manifest_get_by_tag_costs_two_dynamodb_reads_and_no_s3(registry, aws_ca
 def test_invalid_manifests_are_refused(registry, body, code):
     r = put_manifest(registry, "m/invalid", "bad", body)
     assert r.status_code == 400 and error_code(r) == code
-    assert requests.get(f"{registry}/v2/m/invalid/manifests/bad").status_code == 404
+    assert http.get(f"{registry}/v2/m/invalid/manifests/bad").status_code == 404
 
 
 def test_media_type_must_match_content_type(registry):
@@ -95,7 +95,7 @@ def test_manifest_referencing_unknown_blob_is_refused(registry):
     layer = push_blob(registry, "m/elsewhere", b"elsewhere")
     body = image_manifest(push_blob(registry, "m/blobunknown", config), 2, [(layer, 9)])
     assert error_code(put_manifest(registry, "m/blobunknown", "t", body)) == "MANIFEST_BLOB_UNKNOWN"
-    assert requests.get(f"{registry}/v2/m/blobunknown/manifests/t").status_code == 404
+    assert http.get(f"{registry}/v2/m/blobunknown/manifests/t").status_code == 404
 
 
 def test_manifest_size_limit(registry):
@@ -108,7 +108,7 @@ def test_large_manifest_is_kept_in_s3_and_served_exactly(registry):
     pad = "y" * (600 * 1024)   # over DynamoDB's 400 KB item limit
     body = small_image(registry, "m/large", annotations={"pad": pad})
     assert put_manifest(registry, "m/large", "t", body).status_code == 201
-    assert requests.get(f"{registry}/v2/m/large/manifests/t").content == body
+    assert http.get(f"{registry}/v2/m/large/manifests/t").content == body
 
 
 def test_docker_schema2_manifest_and_manifest_list(registry):
@@ -121,7 +121,7 @@ def test_docker_schema2_manifest_and_manifest_list(registry):
          "platform": {"os": "linux", "architecture": a}} for b, a in ((amd, "amd64"), (arm, "arm64"))
     ]}).encode()
     assert put_manifest(registry, "m/docker", "multi", listing, DOCKER_LIST).status_code == 201
-    r = requests.get(f"{registry}/v2/m/docker/manifests/multi")
+    r = http.get(f"{registry}/v2/m/docker/manifests/multi")
     assert r.content == listing and r.headers["Content-Type"] == DOCKER_LIST
 
 
@@ -154,46 +154,46 @@ def test_artifact_with_subject_and_referrers_api(registry):
         assert r.headers["OCI-Subject"] == subject["digest"]
         artifacts.append((kind, body))
     assert put_manifest(registry, "m/refs", "subject", subject_body).status_code == 201
-    r = requests.get(f"{registry}/v2/m/refs/referrers/{subject['digest']}")
+    r = http.get(f"{registry}/v2/m/refs/referrers/{subject['digest']}")
     assert r.status_code == 200 and r.headers["Content-Type"] == OCI_INDEX
     index = r.json()
     assert index["mediaType"] == OCI_INDEX and index["schemaVersion"] == 2
     assert sorted(d["digest"] for d in index["manifests"]) == sorted(sha256(b) for _, b in artifacts)
     for d in index["manifests"]:
         assert d["artifactType"] in dict(artifacts) and d["annotations"]["kind"] == d["artifactType"]
-    r = requests.get(f"{registry}/v2/m/refs/referrers/{subject['digest']}",
+    r = http.get(f"{registry}/v2/m/refs/referrers/{subject['digest']}",
                      params={"artifactType": "application/vnd.example.sbom"})
     assert r.headers["OCI-Filters-Applied"] == "artifactType"
     assert [d["digest"] for d in r.json()["manifests"]] == [sha256(artifacts[0][1])]
     # Deleting a referrer removes it from the list.
-    requests.delete(f"{registry}/v2/m/refs/manifests/{sha256(artifacts[0][1])}")
-    r = requests.get(f"{registry}/v2/m/refs/referrers/{subject['digest']}")
+    http.delete(f"{registry}/v2/m/refs/manifests/{sha256(artifacts[0][1])}")
+    r = http.get(f"{registry}/v2/m/refs/referrers/{subject['digest']}")
     assert [d["digest"] for d in r.json()["manifests"]] == [sha256(artifacts[1][1])]
 
 
 def test_referrers_of_unknown_subject_is_an_empty_index(registry):
-    r = requests.get(f"{registry}/v2/m/norefs/referrers/{sha256(b'nothing')}")
+    r = http.get(f"{registry}/v2/m/norefs/referrers/{sha256(b'nothing')}")
     assert r.status_code == 200 and r.json()["manifests"] == []
-    r = requests.get(f"{registry}/v2/m/norefs/referrers/sha256:zzz")
+    r = http.get(f"{registry}/v2/m/norefs/referrers/sha256:zzz")
     assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
 
 
 def test_delete_by_digest_removes_every_tag_delete_by_tag_only_the_tag(registry):
     digest = push_image(registry, "m/delete", "a")
-    body = requests.get(f"{registry}/v2/m/delete/manifests/a").content
+    body = http.get(f"{registry}/v2/m/delete/manifests/a").content
     put_manifest(registry, "m/delete", "b", body)
     put_manifest(registry, "m/delete", "c", body)
-    assert requests.delete(f"{registry}/v2/m/delete/manifests/c").status_code == 202
-    assert requests.get(f"{registry}/v2/m/delete/manifests/c").status_code == 404
-    assert requests.get(f"{registry}/v2/m/delete/manifests/{digest}").status_code == 200
-    assert requests.delete(f"{registry}/v2/m/delete/manifests/{digest}").status_code == 202
+    assert http.delete(f"{registry}/v2/m/delete/manifests/c").status_code == 202
+    assert http.get(f"{registry}/v2/m/delete/manifests/c").status_code == 404
+    assert http.get(f"{registry}/v2/m/delete/manifests/{digest}").status_code == 200
+    assert http.delete(f"{registry}/v2/m/delete/manifests/{digest}").status_code == 202
     for ref in ("a", "b", digest):
-        r = requests.get(f"{registry}/v2/m/delete/manifests/{ref}")
+        r = http.get(f"{registry}/v2/m/delete/manifests/{ref}")
         assert r.status_code == 404 and error_code(r) == "MANIFEST_UNKNOWN"
-    assert requests.get(f"{registry}/v2/m/delete/tags/list").json()["tags"] == []
-    r = requests.delete(f"{registry}/v2/m/delete/manifests/{digest}")
+    assert http.get(f"{registry}/v2/m/delete/tags/list").json()["tags"] == []
+    r = http.delete(f"{registry}/v2/m/delete/manifests/{digest}")
     assert r.status_code == 404 and error_code(r) == "MANIFEST_UNKNOWN"
-    assert requests.delete(f"{registry}/v2/m/delete/manifests/nosuchtag").status_code == 404
+    assert http.delete(f"{registry}/v2/m/delete/manifests/nosuchtag").status_code == 404
 
 
 def test_tags_list_sorted_and_paginated(registry):
@@ -201,12 +201,12 @@ def test_tags_list_sorted_and_paginated(registry):
     names = ["v10", "v2", "A", "latest", "v1", "_x", "v1.0"]
     for name in names:
         assert put_manifest(registry, "m/tags", name, body).status_code == 201
-    r = requests.get(f"{registry}/v2/m/tags/tags/list")
+    r = http.get(f"{registry}/v2/m/tags/tags/list")
     assert r.json() == {"name": "m/tags", "tags": sorted(names)}
     assert "Link" not in r.headers
     collected, url = [], f"{registry}/v2/m/tags/tags/list?n=3"
     while url:
-        r = requests.get(url)
+        r = http.get(url)
         page = r.json()["tags"]
         assert len(page) <= 3
         collected += page
@@ -215,27 +215,27 @@ def test_tags_list_sorted_and_paginated(registry):
         if link:
             assert link.endswith('rel="next"')
     assert collected == sorted(names)
-    r = requests.get(f"{registry}/v2/m/tags/tags/list", params={"n": 2, "last": "latest"})
+    r = http.get(f"{registry}/v2/m/tags/tags/list", params={"n": 2, "last": "latest"})
     assert r.json()["tags"] == sorted(names)[sorted(names).index("latest") + 1:][:2]
-    assert requests.get(f"{registry}/v2/m/tags/tags/list?n=0").json()["tags"] == []
-    r = requests.get(f"{registry}/v2/m/tags/tags/list?n=-1")
+    assert http.get(f"{registry}/v2/m/tags/tags/list?n=0").json()["tags"] == []
+    r = http.get(f"{registry}/v2/m/tags/tags/list?n=-1")
     assert r.status_code == 400
 
 
 def test_tags_of_unknown_repository(registry):
-    r = requests.get(f"{registry}/v2/m/never/pushed/tags/list")
+    r = http.get(f"{registry}/v2/m/never/pushed/tags/list")
     assert r.status_code == 404 and error_code(r) == "NAME_UNKNOWN"
 
 
 def test_catalog_lists_repositories_in_pages(registry):
     for i in range(3):
         push_image(registry, f"cat/repo{i}", "t")
-    everything = requests.get(f"{registry}/v2/_catalog").json()["repositories"]
+    everything = http.get(f"{registry}/v2/_catalog").json()["repositories"]
     assert everything == sorted(everything)
     assert {"cat/repo0", "cat/repo1", "cat/repo2"} <= set(everything)
     collected, url = [], f"{registry}/v2/_catalog?n=2"
     while url:
-        r = requests.get(url)
+        r = http.get(url)
         collected += r.json()["repositories"]
         link = r.headers.get("Link")
         url = registry + link[1:link.index(">")] if link else None
@@ -253,7 +253,7 @@ def test_catalog_lists_repositories_in_pages(registry):
     ("ok/blobs/notadigest", "DIGEST_INVALID"),
 ])
 def test_bad_names_tags_and_digests(registry, path, code):
-    r = requests.get(f"{registry}/v2/{path}")
+    r = http.get(f"{registry}/v2/{path}")
     assert 400 <= r.status_code < 500 and error_code(r) == code
 
 
@@ -262,14 +262,14 @@ def test_pushing_an_invalid_tag_is_tag_invalid(registry, tag):
     body = small_image(registry, "m/badtag")
     r = put_manifest(registry, "m/badtag", tag, body)
     assert r.status_code == 400 and error_code(r) == "TAG_INVALID"
-    assert requests.get(f"{registry}/v2/m/badtag/tags/list").status_code == 404
+    assert http.get(f"{registry}/v2/m/badtag/tags/list").status_code == 404
 
 
 def test_deep_repository_names(registry):
     name = "org/team/project/sub/image"
     digest = push_image(registry, name, "deep")
-    assert requests.get(f"{registry}/v2/{name}/manifests/deep").headers["Docker-Content-Digest"] == digest
-    assert requests.get(f"{registry}/v2/{name}/tags/list").json()["tags"] == ["deep"]
+    assert http.get(f"{registry}/v2/{name}/manifests/deep").headers["Docker-Content-Digest"] == digest
+    assert http.get(f"{registry}/v2/{name}/tags/list").json()["tags"] == ["deep"]
 
 
 def test_garbage_requests_never_cause_a_server_error(registry):
@@ -282,7 +282,7 @@ def test_garbage_requests_never_cause_a_server_error(registry):
               ("POST", "/v2/x/blobs/uploads/?digest=sha256:00"),
               ("GET", "/v2/" + "a/" * 200 + "tags/list")]
     for method, path in probes:
-        r = requests.request(method, registry + path, data=b"\x00\x01garbage")
+        r = http.request(method, registry + path, data=b"\x00\x01garbage")
         assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
         if r.headers.get("Content-Type") == "application/json" and r.content:
             assert "errors" in r.json() or "message" in r.json()
@@ -303,6 +303,6 @@ def test_concurrent_pushes_of_one_tag_leave_it_on_a_stored_manifest(registry):
     for t in threads:
         t.join()
     assert not errors
-    r = requests.get(f"{registry}/v2/m/race/manifests/contested")
+    r = http.get(f"{registry}/v2/m/race/manifests/contested")
     assert r.status_code == 200 and r.content in bodies
     assert r.headers["Docker-Content-Digest"] == sha256(r.content)

@@ -5,15 +5,15 @@ import hashlib
 import os
 
 import pytest
-import requests
 
-from tests.support.registry_api import absolute, error_code, push_blob, sha256
+
+from tests.support.registry_api import absolute, error_code, http, push_blob, sha256
 
 MiB = 1024 * 1024
 
 
 def start(base: str, repo: str) -> str:
-    r = requests.post(f"{base}/v2/{repo}/blobs/uploads/")
+    r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
     assert r.status_code == 202
     assert r.headers["Range"] == "0-0"
     assert r.headers["Docker-Upload-UUID"] in r.headers["Location"]
@@ -21,14 +21,14 @@ def start(base: str, repo: str) -> str:
 
 
 def pull(base: str, repo: str, digest: str) -> bytes:
-    r = requests.get(f"{base}/v2/{repo}/blobs/{digest}", allow_redirects=False)
+    r = http.get(f"{base}/v2/{repo}/blobs/{digest}", allow_redirects=False)
     assert r.status_code == 307, r.text
     assert r.headers["Docker-Content-Digest"] == digest
-    return requests.get(r.headers["Location"]).content
+    return http.get(r.headers["Location"]).content
 
 
 def test_base_endpoint_announces_the_api_version(registry):
-    r = requests.get(f"{registry}/v2/")
+    r = http.get(f"{registry}/v2/")
     assert r.status_code == 200
     assert r.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
@@ -36,12 +36,12 @@ def test_base_endpoint_announces_the_api_version(registry):
 def test_streamed_patch_then_put_stores_verified_blob(registry):
     data = os.urandom(3 * MiB + 17)
     url = start(registry, "up/streamed")
-    r = requests.patch(url, data=data, headers={"Content-Type": "application/octet-stream"})
+    r = http.patch(url, data=data, headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 202
     assert r.headers["Range"] == f"0-{len(data) - 1}"
-    r = requests.get(url)
+    r = http.get(url)
     assert r.status_code == 204 and r.headers["Range"] == f"0-{len(data) - 1}"
-    r = requests.put(url, params={"digest": sha256(data)})
+    r = http.put(url, params={"digest": sha256(data)})
     assert r.status_code == 201
     assert r.headers["Location"] == f"/v2/up/streamed/blobs/{sha256(data)}"
     assert pull(registry, "up/streamed", sha256(data)) == data
@@ -50,9 +50,9 @@ def test_streamed_patch_then_put_stores_verified_blob(registry):
 def test_chunked_transfer_encoding_body(registry):
     data = os.urandom(2 * MiB)
     url = start(registry, "up/te-chunked")
-    r = requests.patch(url, data=(data[i:i + 65536] for i in range(0, len(data), 65536)))
+    r = http.patch(url, data=(data[i:i + 65536] for i in range(0, len(data), 65536)))
     assert r.status_code == 202 and r.headers["Range"] == f"0-{len(data) - 1}"
-    assert requests.put(url, params={"digest": sha256(data)}).status_code == 201
+    assert http.put(url, params={"digest": sha256(data)}).status_code == 201
     assert pull(registry, "up/te-chunked", sha256(data)) == data
 
 
@@ -62,41 +62,41 @@ def test_content_range_chunks_of_any_size(registry, sizes):
     data = os.urandom(sum(sizes))
     url, offset = start(registry, "up/chunks"), 0
     for size in sizes:
-        r = requests.patch(url, data=data[offset:offset + size],
+        r = http.patch(url, data=data[offset:offset + size],
                            headers={"Content-Range": f"{offset}-{offset + size - 1}",
                                     "Content-Type": "application/octet-stream"})
         assert r.status_code == 202, r.text
         offset += size
         assert r.headers["Range"] == f"0-{offset - 1}"
         url = absolute(registry, r.headers["Location"])
-    assert requests.put(url, params={"digest": sha256(data)}).status_code == 201
+    assert http.put(url, params={"digest": sha256(data)}).status_code == 201
     assert pull(registry, "up/chunks", sha256(data)) == data
 
 
 def test_out_of_order_and_overlapping_chunks_get_416_with_current_range(registry):
     url = start(registry, "up/order")
-    assert requests.patch(url, data=b"a" * 10, headers={"Content-Range": "0-9"}).status_code == 202
+    assert http.patch(url, data=b"a" * 10, headers={"Content-Range": "0-9"}).status_code == 202
     for bad in ["20-29", "5-14", "0-9"]:
-        r = requests.patch(url, data=b"b" * 10, headers={"Content-Range": bad})
+        r = http.patch(url, data=b"b" * 10, headers={"Content-Range": bad})
         assert r.status_code == 416
         assert r.headers["Range"] == "0-9"
-    r = requests.patch(url, data=b"b" * 3, headers={"Content-Range": "10-19"})  # length lies
+    r = http.patch(url, data=b"b" * 3, headers={"Content-Range": "10-19"})  # length lies
     assert r.status_code == 416
 
 
 def test_final_put_may_carry_the_last_chunk(registry):
     data = os.urandom(MiB)
     url = start(registry, "up/final-body")
-    r = requests.patch(url, data=data[:1000])
+    r = http.patch(url, data=data[:1000])
     url = absolute(registry, r.headers["Location"])
-    r = requests.put(url, params={"digest": sha256(data)}, data=data[1000:])
+    r = http.put(url, params={"digest": sha256(data)}, data=data[1000:])
     assert r.status_code == 201
     assert pull(registry, "up/final-body", sha256(data)) == data
 
 
 def test_monolithic_post_with_digest(registry):
     data = b"monolithic blob"
-    r = requests.post(f"{registry}/v2/up/mono/blobs/uploads/", params={"digest": sha256(data)},
+    r = http.post(f"{registry}/v2/up/mono/blobs/uploads/", params={"digest": sha256(data)},
                       data=data, headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 201
     assert r.headers["Docker-Content-Digest"] == sha256(data)
@@ -107,8 +107,8 @@ def test_sha512_digests_are_supported(registry):
     data = b"sha512 content"
     digest = "sha512:" + hashlib.sha512(data).hexdigest()
     url = start(registry, "up/sha512")
-    requests.patch(url, data=data)
-    assert requests.put(url, params={"digest": digest}).status_code == 201
+    http.patch(url, data=data)
+    assert http.put(url, params={"digest": digest}).status_code == 201
     assert pull(registry, "up/sha512", digest) == data
 
 
@@ -118,15 +118,15 @@ def test_digest_mismatch_leaves_nothing_visible(registry, forget_hash):
     data = os.urandom(6 * MiB)
     wrong = sha256(b"something else")
     url = start(registry, "up/mismatch")
-    requests.patch(url, data=data[:3 * MiB])
+    http.patch(url, data=data[:3 * MiB])
     if forget_hash:  # as if the next request landed on a fresh Lambda instance
         uploads.forget_running_hashes()
-    requests.patch(url, data=data[3 * MiB:])
-    r = requests.put(url, params={"digest": wrong})
+    http.patch(url, data=data[3 * MiB:])
+    r = http.put(url, params={"digest": wrong})
     assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
-    assert requests.head(f"{registry}/v2/up/mismatch/blobs/{wrong}").status_code == 404
-    assert requests.head(f"{registry}/v2/up/mismatch/blobs/{sha256(data)}").status_code == 404
-    assert error_code(requests.get(url)) == "BLOB_UPLOAD_UNKNOWN"
+    assert http.head(f"{registry}/v2/up/mismatch/blobs/{wrong}").status_code == 404
+    assert http.head(f"{registry}/v2/up/mismatch/blobs/{sha256(data)}").status_code == 404
+    assert error_code(http.get(url)) == "BLOB_UPLOAD_UNKNOWN"
 
 
 def test_upload_verified_by_reading_back_when_hash_state_is_elsewhere(registry):
@@ -135,47 +135,47 @@ def test_upload_verified_by_reading_back_when_hash_state_is_elsewhere(registry):
     url = start(registry, "up/readback")
     for i in range(0, len(data), 2 * MiB):
         uploads.forget_running_hashes()
-        r = requests.patch(url, data=data[i:i + 2 * MiB])
+        r = http.patch(url, data=data[i:i + 2 * MiB])
         url = absolute(registry, r.headers["Location"])
     uploads.forget_running_hashes()
-    assert requests.put(url, params={"digest": sha256(data)}).status_code == 201
+    assert http.put(url, params={"digest": sha256(data)}).status_code == 201
     assert pull(registry, "up/readback", sha256(data)) == data
 
 
 def test_cancel_upload_and_unknown_sessions(registry):
     url = start(registry, "up/cancel")
-    requests.patch(url, data=b"partial")
-    assert requests.delete(url).status_code == 204
-    assert error_code(requests.get(url)) == "BLOB_UPLOAD_UNKNOWN"
-    assert requests.delete(url).status_code == 404
-    r = requests.patch(f"{registry}/v2/up/cancel/blobs/uploads/0123456789abcdef", data=b"x")
+    http.patch(url, data=b"partial")
+    assert http.delete(url).status_code == 204
+    assert error_code(http.get(url)) == "BLOB_UPLOAD_UNKNOWN"
+    assert http.delete(url).status_code == 404
+    r = http.patch(f"{registry}/v2/up/cancel/blobs/uploads/0123456789abcdef", data=b"x")
     assert r.status_code == 404 and error_code(r) == "BLOB_UPLOAD_UNKNOWN"
 
 
 def test_session_belongs_to_its_repository(registry):
     url = start(registry, "up/owner")
     other = url.replace("/up/owner/", "/up/intruder/")
-    assert requests.patch(other, data=b"x").status_code == 404
+    assert http.patch(other, data=b"x").status_code == 404
 
 
 def test_put_without_digest_is_refused(registry):
     url = start(registry, "up/nodigest")
-    r = requests.put(url)
+    r = http.put(url)
     assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
-    r = requests.put(url, params={"digest": "md5:abc"})
+    r = http.put(url, params={"digest": "md5:abc"})
     assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
 
 
 def test_cross_repository_mount(registry):
     digest = push_blob(registry, "mount/source", b"shared layer")
-    r = requests.post(f"{registry}/v2/mount/target/blobs/uploads/",
+    r = http.post(f"{registry}/v2/mount/target/blobs/uploads/",
                       params={"mount": digest, "from": "mount/source"})
     assert r.status_code == 201
     assert r.headers["Location"] == f"/v2/mount/target/blobs/{digest}"
     assert pull(registry, "mount/target", digest) == b"shared layer"
     # Not mountable (unknown blob or repository): an ordinary upload session instead.
     for source in ["mount/nowhere", "Not/Valid"]:
-        r = requests.post(f"{registry}/v2/mount/target2/blobs/uploads/",
+        r = http.post(f"{registry}/v2/mount/target2/blobs/uploads/",
                           params={"mount": digest, "from": source})
         assert r.status_code == 202 and "Docker-Upload-UUID" in r.headers
 
@@ -183,33 +183,33 @@ def test_cross_repository_mount(registry):
 def test_blob_head_get_and_delete(registry):
     data = b"blob for head"
     digest = push_blob(registry, "blobs/one", data)
-    r = requests.head(f"{registry}/v2/blobs/one/blobs/{digest}")
+    r = http.head(f"{registry}/v2/blobs/one/blobs/{digest}")
     assert r.status_code == 200
     assert r.headers["Content-Length"] == str(len(data))
     assert r.headers["Docker-Content-Digest"] == digest
     # Stored in the registry but not linked to this repository: unknown here.
-    r = requests.get(f"{registry}/v2/blobs/other/blobs/{digest}", allow_redirects=False)
+    r = http.get(f"{registry}/v2/blobs/other/blobs/{digest}", allow_redirects=False)
     assert r.status_code == 404 and error_code(r) == "BLOB_UNKNOWN"
-    assert requests.delete(f"{registry}/v2/blobs/one/blobs/{digest}").status_code == 202
-    assert requests.head(f"{registry}/v2/blobs/one/blobs/{digest}").status_code == 404
-    r = requests.delete(f"{registry}/v2/blobs/one/blobs/{digest}")
+    assert http.delete(f"{registry}/v2/blobs/one/blobs/{digest}").status_code == 202
+    assert http.head(f"{registry}/v2/blobs/one/blobs/{digest}").status_code == 404
+    r = http.delete(f"{registry}/v2/blobs/one/blobs/{digest}")
     assert r.status_code == 404 and error_code(r) == "BLOB_UNKNOWN"
 
 
 def test_blob_get_redirects_to_presigned_s3_url_with_short_expiry(registry):
     digest = push_blob(registry, "blobs/presign", b"presigned")
-    r = requests.get(f"{registry}/v2/blobs/presign/blobs/{digest}", allow_redirects=False)
+    r = http.get(f"{registry}/v2/blobs/presign/blobs/{digest}", allow_redirects=False)
     assert r.status_code == 307
     location = r.headers["Location"]
     assert "X-Amz-Signature=" in location and "X-Amz-Expires=300" in location
-    assert requests.get(f"{registry}/v2/blobs/presign/blobs/{digest}").content == b"presigned"
+    assert http.get(f"{registry}/v2/blobs/presign/blobs/{digest}").content == b"presigned"
 
 
 def test_blob_requests_cost_at_most_two_dynamodb_reads_and_no_s3_call(registry, aws_calls):
     digest = push_blob(registry, "cost/blob", b"cost")
     for method in ("GET", "HEAD"):
         aws_calls.reset()
-        r = requests.request(method, f"{registry}/v2/cost/blob/blobs/{digest}",
+        r = http.request(method, f"{registry}/v2/cost/blob/blobs/{digest}",
                              allow_redirects=False)
         assert r.status_code in (200, 307)
         assert aws_calls.count("dynamodb") <= 2, aws_calls.calls

@@ -38,6 +38,7 @@ import hashlib
 import http.cookiejar
 import json
 import random
+import re
 import secrets
 import time
 import types
@@ -324,11 +325,16 @@ S = types.SimpleNamespace(
 # ------------------------------------------------------------------------------------------------
 
 class Client:
-    """reggie.Client with the options setup.go passes (no credentials, no cookie jar)."""
+    """reggie.Client with the options setup.go passes (OCI_USERNAME/OCI_PASSWORD as credentials,
+    no cookie jar). Like reggie, it answers a Bearer challenge by fetching a token from the realm
+    with those credentials and the challenge's scope, then sends the request again."""
 
-    def __init__(self, address: str, default_name: str) -> None:
+    def __init__(self, address: str, default_name: str,
+                 credentials: Optional[tuple] = None) -> None:
         self.address = address.rstrip("/")
         self.default_name = default_name
+        self.credentials = credentials
+        self.token: Optional[str] = None
         self.session = requests.Session()
         self.session.headers.clear()   # net/http sends no Accept and no Connection header
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept-Encoding": "gzip"})
@@ -355,11 +361,31 @@ class Client:
         data = None
         if body is not None and len(body) > 0 and method != "HEAD":
             data = iter([body])   # a reader of unknown length: Transfer-Encoding: chunked
+        resp = self._send(method, url, wire_headers, body if data is not None else None)
+        challenge = resp.headers.get("WWW-Authenticate", "")
+        if resp.status_code == 401 and challenge.startswith("Bearer ") and self.credentials:
+            self.token = self._fetch_token(challenge)
+            resp = self._send(method, url, wire_headers, body if data is not None else None)
+        return resp
+
+    def _send(self, method: str, url: str, headers: Dict[str, str],
+              body: Optional[bytes]) -> requests.Response:
+        headers = dict(headers)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = iter([body]) if body is not None else None
         prepared = self.session.prepare_request(
-            requests.Request(method, url, headers=wire_headers, data=data))
+            requests.Request(method, url, headers=headers, data=data))
         if data is None and method not in ("POST", "PUT", "PATCH"):
             prepared.headers.pop("Content-Length", None)
         return self.session.send(prepared, allow_redirects=True, timeout=120)
+
+    def _fetch_token(self, challenge: str) -> str:
+        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        query = {k: params[k] for k in ("service", "scope") if k in params}
+        answer = requests.get(params["realm"], params=query, auth=self.credentials, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["token"]
 
 
 def relative_location(resp: requests.Response) -> str:
@@ -423,8 +449,8 @@ def show(resp: requests.Response) -> str:
 
 
 @pytest.fixture(scope="module")
-def client(registry) -> Client:
-    return Client(registry, NAMESPACE)
+def client(registry, admin_credentials) -> Client:
+    return Client(registry, NAMESPACE, admin_credentials)   # OCI_USERNAME / OCI_PASSWORD
 
 
 def push_blob_post_put(c: Client, digest: str, length: str, content: bytes) -> requests.Response:

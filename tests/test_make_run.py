@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from berth_local.backend import free_port
-from tests.support.clients import Podman, layout_digests, skopeo_copy
+from tests.support.clients import ClientError, Podman, layout_digests, skopeo_copy
 from tests.support.images import build_image
 
 MiB = 1 << 20
@@ -26,8 +27,10 @@ pytestmark = [pytest.mark.e2e,
 def make_run(tmp_path_factory):
     """Start `python -m berth_local.run` (what `make run` runs) on a free port."""
     port = free_port()
-    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING")
-    env.pop("BERTH_AWS_ENDPOINT", None)   # it must start its own moto, not reuse the tests'
+    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
+               BERTH_ADMIN_USER="runadmin", BERTH_ADMIN_PASSWORD="run-admin-password")
+    for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):   # it must set up its own
+        env.pop(name, None)
     log = tmp_path_factory.mktemp("make-run") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
@@ -49,6 +52,8 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
         try:
             urllib.request.urlopen(url, timeout=1)
             return
+        except urllib.error.HTTPError:   # 401 before login: it is up
+            return
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"no answer from {url}:\n{log.read_text()}")
@@ -58,6 +63,7 @@ def test_it_prints_the_registry_and_moto_urls(make_run):
     url, log = make_run
     text = log.read_text()
     assert f"Berth registry: {url}" in text and "moto S3+DynamoDB: http://127.0.0.1:" in text
+    assert "Admin user: runadmin" in text and "run-admin-password" not in text
 
 
 def test_skopeo_and_podman_round_trips_of_a_50_mib_image(make_run, tmp_path_factory):
@@ -66,8 +72,10 @@ def test_skopeo_and_podman_round_trips_of_a_50_mib_image(make_run, tmp_path_fact
     cache = Path(os.environ.get("BERTH_E2E_IMAGE_CACHE") or tmp_path_factory.mktemp("images"))
     img = build_image(cache / "make-run", layers=[52 * MiB, 512 * 1024], seed="berth-make-run")
     work = tmp_path_factory.mktemp("make-run-clients")
-    assert skopeo_copy(img.oci_ref, f"docker://{host}/run/skopeo:v1").digest == img.manifest_digest
-    skopeo_copy(f"docker://{host}/run/skopeo:v1", f"oci:{work / 'pulled'}:v1")
+    creds = "runadmin:run-admin-password"
+    pushed = skopeo_copy(img.oci_ref, f"docker://{host}/run/skopeo:v1", creds=creds)
+    assert pushed.digest == img.manifest_digest
+    skopeo_copy(f"docker://{host}/run/skopeo:v1", f"oci:{work / 'pulled'}:v1", creds=creds)
     got = layout_digests(work / "pulled", "v1")
     assert (got["manifest_digest"], got["config_digest"], got["layer_digests"]) == (
         img.manifest_digest, img.config_digest, img.layer_digests)
@@ -76,11 +84,48 @@ def test_skopeo_and_podman_round_trips_of_a_50_mib_image(make_run, tmp_path_fact
     pusher, puller = Podman(work / "push"), Podman(work / "pull")
     try:
         local = pusher.load_oci(img.path, img.tag, name="make-run")
-        pushed = pusher.push(local, f"{host}/run/podman:v1")
-        puller.pull(f"{host}/run/podman:v1")
+        pushed = pusher.push(local, f"{host}/run/podman:v1", creds=creds)
+        puller.pull(f"{host}/run/podman:v1", creds=creds)
         got = puller.identity(f"{host}/run/podman:v1")
         assert got.manifest_digest == pushed.digest
         assert got.content() == pusher.identity(local).content()
     finally:
         pusher.cleanup()
         puller.cleanup()
+
+
+def berth(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """The `berth` command as installed by make, with no configuration pointing anywhere."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BERTH_") and not k.startswith("AWS_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return subprocess.run(["berth", *args], input=stdin, capture_output=True, text=True,
+                          env=env, cwd="/", timeout=60)
+
+
+def test_berth_cli_manages_users_namespaces_and_tokens(make_run, tmp_path, image_cache):
+    url, _ = make_run
+    host = url.split("//")[1]
+    added = berth("user", "add", "bob", "--password-stdin", stdin="bob's password\n")
+    assert added.returncode == 0, added.stderr
+    assert berth("user", "add", "bob", "--password-stdin", stdin="x" * 10).returncode == 1
+    refused = berth("namespace", "add", "bobs", "--owner", "nobody")
+    assert refused.returncode == 1 and refused.stderr.strip() == "berth: no user 'nobody'"
+    assert berth("namespace", "add", "bobs", "--owner", "bob").returncode == 0
+    assert "already taken" in berth("namespace", "add", "bobs", "--owner", "bob").stderr
+    created = berth("token", "create", "bob", "ci", "--scope", "pull")
+    assert created.returncode == 0, created.stderr
+    pull_token = created.stdout.strip()
+    assert pull_token.startswith("berth_") and "not shown again" in created.stderr
+    img = build_image(image_cache / "cli", layers=[64 * 1024], seed="berth-cli")
+    skopeo_copy(img.oci_ref, f"docker://{host}/bobs/app:v1", creds="bob:bob's password")
+    skopeo_copy(f"docker://{host}/bobs/app:v1", f"oci:{tmp_path / 'pulled'}:v1",
+                creds=f"bob:{pull_token}")
+    with pytest.raises(ClientError):
+        skopeo_copy(img.oci_ref, f"docker://{host}/bobs/app:v2", creds=f"bob:{pull_token}")
+    listed = berth("token", "list", "bob").stdout
+    assert "ci\tpull\tactive" in listed and "last used never" not in listed
+    assert berth("token", "revoke", "bob", "ci").returncode == 0
+    with pytest.raises(ClientError):
+        skopeo_copy(f"docker://{host}/bobs/app:v1", f"oci:{tmp_path / 'again'}:v1",
+                    creds=f"bob:{pull_token}")

@@ -5,6 +5,7 @@ from chalice import Response
 
 from chalicelib import oci
 from chalicelib.api.router import Request, empty, route
+from chalicelib.auth.scopes import DELETE, PULL
 from chalicelib.errors import RegistryError
 from chalicelib.storage import blobstore, metadata
 
@@ -19,7 +20,7 @@ def _linked_blob(request: Request):
     return digest, link
 
 
-@route("GET", BLOB, "/v2/{name}/blobs/{digest}")
+@route("GET", BLOB, "/v2/{name}/blobs/{digest}", PULL)
 def get_blob(request: Request) -> Response:
     digest, link = _linked_blob(request)
     headers = {"Docker-Content-Digest": digest}
@@ -31,7 +32,7 @@ def get_blob(request: Request) -> Response:
     return empty(307, headers)
 
 
-@route("DELETE", BLOB, "/v2/{name}/blobs/{digest}")
+@route("DELETE", BLOB, "/v2/{name}/blobs/{digest}", DELETE)
 def delete_blob(request: Request) -> Response:
     digest = oci.check_digest(request.params["digest"])
     if not metadata.remove_link(request.name, digest):

@@ -10,7 +10,9 @@ from typing import Optional
 from chalice import Response
 
 # Importing the resource modules registers their routes, most specific first.
-from chalicelib.api import catalog, uploads, blobs, manifests, tags, referrers  # noqa: F401
+from chalicelib.api import (base, token, catalog, uploads, blobs, manifests, tags,  # noqa: F401
+                            referrers)
+from chalicelib.api.access import authorize
 from chalicelib.api.router import Request, error_response, resolve
 from chalicelib.errors import RegistryError
 
@@ -31,8 +33,9 @@ def _adapt(chalice_request, path: str) -> Request:
             data = chalice_request.raw_body
             raw["body"] = data if isinstance(data, bytes) else data.encode("utf-8")
         return raw["body"]
+    identity = (chalice_request.context or {}).get("identity") or {}
     return Request(method=chalice_request.method, path=path, params={}, query=query,
-                   headers=headers, body_reader=body)
+                   headers=headers, body_reader=body, source_ip=identity.get("sourceIp"))
 
 
 def handle(chalice_request, path: str) -> Response:
@@ -41,9 +44,10 @@ def handle(chalice_request, path: str) -> Response:
     template = "/v2/?"
     try:
         request = _adapt(chalice_request, path)
-        handler, params, template = resolve(request.method, path)
-        request.params = params
-        response = handler(request)
+        route, request.params = resolve(request.method, path)
+        template = route.template
+        authorize(request, route)
+        response = route.handler(request)
     except RegistryError as error:
         response = error_response(error)
     except Exception:  # a bug of ours: log it, answer a generic 500 without details
@@ -62,13 +66,6 @@ def _log_request(chalice_request, template: str, status: int, started: float) ->
     log.info(json.dumps({"request_id": context.get("requestId"), "method": chalice_request.method,
                          "route": template, "status": status,
                          "ms": round((time.monotonic() - started) * 1000, 1)}))
-
-
-def base(chalice_request) -> Response:
-    response = Response(body="{}", status_code=200,
-                        headers={"Content-Type": "application/json", "Content-Length": "2"})
-    response.headers.update(API_VERSION_HEADER)
-    return response
 
 
 def configure_logging(level: Optional[str] = None) -> None:

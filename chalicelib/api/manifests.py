@@ -7,6 +7,7 @@ from chalice import Response
 
 from chalicelib import manifests, oci
 from chalicelib.api.router import Request, empty, route
+from chalicelib.auth.scopes import DELETE, PULL, PUSH
 from chalicelib.errors import RegistryError
 from chalicelib.storage import metadata
 
@@ -29,7 +30,7 @@ def _reference(request: Request, *, for_write: bool = False) -> Tuple[Optional[s
     return reference, None
 
 
-@route("GET", MANIFEST, "/v2/{name}/manifests/{reference}")
+@route("GET", MANIFEST, "/v2/{name}/manifests/{reference}", PULL)
 def get_manifest(request: Request) -> Response:
     tag, digest = _reference(request)
     if tag is not None:
@@ -46,7 +47,7 @@ def get_manifest(request: Request) -> Response:
     return Response(body=body, status_code=200, headers=headers)
 
 
-@route("PUT", MANIFEST, "/v2/{name}/manifests/{reference}")
+@route("PUT", MANIFEST, "/v2/{name}/manifests/{reference}", PUSH)
 def put_manifest(request: Request) -> Response:
     tag, digest = _reference(request, for_write=True)
     body = request.body
@@ -65,7 +66,7 @@ def put_manifest(request: Request) -> Response:
     return empty(201, headers)
 
 
-@route("DELETE", MANIFEST, "/v2/{name}/manifests/{reference}")
+@route("DELETE", MANIFEST, "/v2/{name}/manifests/{reference}", DELETE)
 def delete_manifest(request: Request) -> Response:
     tag, digest = _reference(request)
     if tag is not None:

@@ -5,10 +5,12 @@ from chalice import Response
 
 from chalicelib import oci
 from chalicelib.api.router import Request, json_response, route
+from chalicelib.auth.scopes import PULL
 from chalicelib.storage import metadata
 
 
-@route("GET", r"(?P<name>.+)/referrers/(?P<digest>[^/]+)", "/v2/{name}/referrers/{digest}")
+@route("GET", r"(?P<name>.+)/referrers/(?P<digest>[^/]+)", "/v2/{name}/referrers/{digest}",
+       PULL)
 def referrers(request: Request) -> Response:
     subject = oci.check_digest(request.params["digest"])
     wanted = request.arg("artifactType")

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from chalice import Response
 
 from chalicelib import oci
+from chalicelib.auth.scopes import Grants
 from chalicelib.errors import RegistryError
 
 
@@ -27,6 +28,8 @@ class Request:
     query: Dict[str, List[str]]
     headers: Dict[str, str]         # lower-case names
     body_reader: Callable[[], bytes] = field(repr=False, default=lambda: b"")
+    source_ip: Optional[str] = None
+    grants: Optional[Grants] = None  # what the caller's verified token allows
 
     @property
     def body(self) -> bytes:
@@ -45,33 +48,49 @@ class Request:
 
 
 Handler = Callable[[Request], Response]
-_routes: List[Tuple[str, Pattern[str], Handler, str]] = []
+
+# What a route needs from the caller's token (see chalicelib/api/access.py).
+PUBLIC = "public"        # nothing: the token endpoint itself
+SIGNED_IN = "signed-in"  # any valid token: GET /v2/, which `docker login` uses to check a login
+CATALOG = "catalog"      # any valid token; the listing is filtered by what the caller may pull
 
 
-def route(method: str, pattern: str, template: str) -> Callable[[Handler], Handler]:
-    """Register a handler; `template` names the route in logs (no user data)."""
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: Pattern[str]
+    handler: Handler
+    template: str        # names the route in logs (no user data)
+    action: str          # pull | push | delete (on the repository in the path), or one of above
+
+
+_routes: List[Route] = []
+
+
+def route(method: str, pattern: str, template: str, action: str) -> Callable[[Handler], Handler]:
+    """Register a handler for `method` on paths under /v2/ matching `pattern`."""
     compiled = re.compile(f"^{pattern}$")
 
     def register(handler: Handler) -> Handler:
-        _routes.append((method, compiled, handler, template))
+        _routes.append(Route(method, compiled, handler, template, action))
         return handler
     return register
 
 
-def resolve(method: str, path: str) -> Tuple[Handler, Dict[str, str], str]:
-    """Find the handler for a request, validating the repository name it addresses."""
+def resolve(method: str, path: str) -> Tuple[Route, Dict[str, str]]:
+    """Find the route of a request, validating the repository name it addresses."""
     matched_path = False
-    for route_method, pattern, handler, template in _routes:
-        m = pattern.match(path)
+    for candidate in _routes:
+        m = candidate.pattern.match(path)
         if not m:
             continue
         matched_path = True
-        if route_method != method and not (route_method == "GET" and method == "HEAD"):
+        if candidate.method != method and not (candidate.method == "GET" and method == "HEAD"):
             continue
         params = m.groupdict()
         if "name" in params:
             oci.check_name(params["name"])
-        return handler, params, template
+        return candidate, params
     if matched_path:
         raise RegistryError("UNSUPPORTED", f"method {method} is not supported here", status=405)
     raise RegistryError("NAME_UNKNOWN", "no such registry endpoint", status=404,

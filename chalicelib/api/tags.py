@@ -4,6 +4,7 @@ from __future__ import annotations
 from chalice import Response
 
 from chalicelib.api.router import Request, json_response, next_link, page_size, route
+from chalicelib.auth.scopes import PULL
 from chalicelib.errors import RegistryError
 from chalicelib.storage import metadata
 
@@ -11,7 +12,7 @@ PAGE_DEFAULT = 1000
 PAGE_MAX = 10000
 
 
-@route("GET", r"(?P<name>.+)/tags/list", "/v2/{name}/tags/list")
+@route("GET", r"(?P<name>.+)/tags/list", "/v2/{name}/tags/list", PULL)
 def list_tags(request: Request) -> Response:
     n = page_size(request, PAGE_DEFAULT, PAGE_MAX)
     last = request.arg("last") or None

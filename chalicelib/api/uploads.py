@@ -7,7 +7,9 @@ from typing import Optional
 from chalice import Response
 
 from chalicelib import oci, uploads
+from chalicelib.api.access import may_pull
 from chalicelib.api.router import Request, empty, route
+from chalicelib.auth.scopes import PUSH
 from chalicelib.errors import RegistryError
 from chalicelib.storage import metadata
 
@@ -27,8 +29,8 @@ def _session_headers(session) -> dict:
 
 def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Response]:
     """Link a blob from another repository; None when it cannot be mounted (then: a session)."""
-    if source is None or not oci.is_valid_name(source):
-        return None
+    if source is None or not oci.is_valid_name(source) or not may_pull(request, source):
+        return None   # not mountable, or not readable by the caller: an ordinary upload
     link = metadata.get_link(source, digest)
     if link is None:
         return None
@@ -36,7 +38,7 @@ def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Res
     return _created(request.name, digest)
 
 
-@route("POST", UPLOADS, "/v2/{name}/blobs/uploads/")
+@route("POST", UPLOADS, "/v2/{name}/blobs/uploads/", PUSH)
 def start_upload(request: Request) -> Response:
     mount = request.arg("mount")
     if mount is not None:
@@ -52,7 +54,7 @@ def start_upload(request: Request) -> Response:
     return empty(202, _session_headers(session))
 
 
-@route("GET", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+@route("GET", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def upload_status(request: Request) -> Response:
     session = uploads.load(request.name, request.params["uuid"])
     return empty(204, _session_headers(session))
@@ -70,7 +72,7 @@ def _chunk_start(request: Request, length: int) -> Optional[int]:
     return int(m.group(1))
 
 
-@route("PATCH", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+@route("PATCH", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def upload_chunk(request: Request) -> Response:
     session = uploads.load(request.name, request.params["uuid"])
     body = request.body
@@ -83,7 +85,7 @@ def upload_chunk(request: Request) -> Response:
     return empty(202, _session_headers(session))
 
 
-@route("PUT", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+@route("PUT", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def finish_upload(request: Request) -> Response:
     session = uploads.load(request.name, request.params["uuid"])
     digest = request.arg("digest")
@@ -94,7 +96,7 @@ def finish_upload(request: Request) -> Response:
     return _created(request.name, digest)
 
 
-@route("DELETE", SESSION, "/v2/{name}/blobs/uploads/{uuid}")
+@route("DELETE", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def cancel_upload(request: Request) -> Response:
     session = uploads.load(request.name, request.params["uuid"])
     uploads.finish(session)

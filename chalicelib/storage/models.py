@@ -16,7 +16,8 @@ A manifest GET by tag reads TagItem then ManifestItem; a blob GET or HEAD reads 
 """
 from __future__ import annotations
 
-from pynamodb.attributes import (BinaryAttribute, JSONAttribute, ListAttribute, NumberAttribute,
+from pynamodb.attributes import (BinaryAttribute, BooleanAttribute, JSONAttribute, ListAttribute,
+                                 NumberAttribute,
                                  UnicodeAttribute)
 from pynamodb.models import Model
 
@@ -68,6 +69,7 @@ class TableModel(_Base):
 class RepoItem(_Base):
     created = NumberAttribute()
     updated = NumberAttribute()
+    public = BooleanAttribute(null=True)    # anonymous pull allowed (see also NamespaceItem)
 
 
 class TagItem(_Base):
@@ -115,3 +117,52 @@ class UploadItem(_Base):
     tail_size = NumberAttribute(default=0)
     created = NumberAttribute()
     updated = NumberAttribute()
+
+
+# ---------------------------------------------------------------- accounts (auth)
+#
+#  user#<name>        user                 UserItem
+#  user#<name>        ns#<namespace>       MembershipItem (the user's view: "my namespaces")
+#  user#<name>        token#<id>           AccessTokenItem
+#  ns#<namespace>     ns                   NamespaceItem
+#  ns#<namespace>     member#<user>        MembershipItem (the namespace's view)
+#  lock#<kind>#<key>  lock                 LoginFailureItem (brute-force throttling; TTL)
+
+def user_pk(name: str) -> str:
+    return f"user#{name}"
+
+
+def ns_pk(namespace: str) -> str:
+    return f"ns#{namespace}"
+
+
+class UserItem(_Base):
+    password_hash = UnicodeAttribute()
+    created = NumberAttribute()
+    disabled = BooleanAttribute(default=False)
+    admin = BooleanAttribute(default=False)
+
+
+class NamespaceItem(_Base):
+    owner = UnicodeAttribute()
+    created = NumberAttribute()
+    public = BooleanAttribute(default=False)
+
+
+class MembershipItem(_Base):
+    role = UnicodeAttribute()        # owner | push | pull
+
+
+class AccessTokenItem(_Base):
+    name = UnicodeAttribute()
+    scope = UnicodeAttribute()       # pull | push
+    secret_hash = UnicodeAttribute()  # sha256 of a 256-bit random secret: no slow KDF needed
+    created = NumberAttribute()
+    last_used = NumberAttribute(null=True)
+    revoked = BooleanAttribute(default=False)
+
+
+class LoginFailureItem(_Base):
+    failures = NumberAttribute(default=0)
+    first_failure = NumberAttribute()
+    expires = NumberAttribute()      # DynamoDB TTL attribute: the item cleans itself up

@@ -3,8 +3,78 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import threading
+from typing import Dict, Optional, Tuple
 
 import requests
+
+ADMIN = ("admin", "admin-test-password")   # created by tests/conftest.py
+
+
+class RegistryClient:
+    """`requests` with docker's token dance done up front: before a request to a repository it
+    fetches (once) a token for pull, push and delete on it with its credentials, so that bodies
+    never need to be sent twice. Its methods mirror requests' (get, put, ...)."""
+
+    _REPOSITORY = re.compile(r"^/v2/(.+)/(?:manifests|blobs|tags|referrers)/")
+
+    def __init__(self, credentials: Optional[Tuple[str, str]] = ADMIN) -> None:
+        self.credentials = credentials
+        self._tokens: Dict[Tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def scopes_of(self, path: str, params: Optional[dict]) -> Tuple[str, ...]:
+        if path.startswith("/v2/_catalog"):
+            return ("registry:catalog:*",)
+        m = self._REPOSITORY.match(path)
+        scopes = (f"repository:{m.group(1)}:pull,push,delete",) if m else ()
+        if params and params.get("from"):        # a cross-repository mount reads the source
+            scopes += (f"repository:{params['from']}:pull",)
+        return scopes
+
+    def token(self, base: str, scope: Tuple[str, ...]) -> str:
+        with self._lock:
+            cached = self._tokens.get((base, scope))
+        if cached:
+            return cached
+        params = {"service": "berth", "scope": list(scope)}
+        r = requests.get(f"{base}/v2/_berth/token", params=params, auth=self.credentials)
+        assert r.status_code == 200, r.text
+        with self._lock:
+            self._tokens[(base, scope)] = r.json()["token"]
+        return r.json()["token"]
+
+    def request(self, method: str, url: str, **kwargs) -> requests.Response:
+        m = re.match(r"^(https?://[^/]+)(/[^?]*)", url)
+        headers = dict(kwargs.pop("headers", None) or {})
+        if m and m.group(2).startswith("/v2"):
+            headers.setdefault("Authorization",
+                               "Bearer " + self.token(m.group(1), self.scopes_of(
+                                   m.group(2), kwargs.get("params"))))
+        return requests.request(method, url, headers=headers, **kwargs)
+
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def head(self, url, **kw):
+        kw.setdefault("allow_redirects", False)
+        return self.request("HEAD", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def put(self, url, **kw):
+        return self.request("PUT", url, **kw)
+
+    def patch(self, url, **kw):
+        return self.request("PATCH", url, **kw)
+
+    def delete(self, url, **kw):
+        return self.request("DELETE", url, **kw)
+
+
+http = RegistryClient()   # the admin: may do anything anywhere
 
 
 def sha256(data: bytes) -> str:
@@ -15,12 +85,13 @@ def absolute(base: str, location: str) -> str:
     return location if location.startswith("http") else base + location
 
 
-def push_blob(base: str, repo: str, data: bytes) -> str:
+def push_blob(base: str, repo: str, data: bytes, client: Optional[RegistryClient] = None) -> str:
     """Upload `data` as one blob with POST + PUT ?digest= and return its digest."""
+    client = client or http
     digest = sha256(data)
-    r = requests.post(f"{base}/v2/{repo}/blobs/uploads/")
+    r = client.post(f"{base}/v2/{repo}/blobs/uploads/")
     assert r.status_code == 202, r.text
-    r = requests.put(absolute(base, r.headers["Location"]), params={"digest": digest}, data=data)
+    r = client.put(absolute(base, r.headers["Location"]), params={"digest": digest}, data=data)
     assert r.status_code == 201, r.text
     return digest
 
@@ -36,12 +107,14 @@ def image_manifest(config_digest: str, config_size: int, layers, **extra) -> byt
 
 
 def push_image(base: str, repo: str, tag: str, layer_bytes=(b"layer-one", b"layer-two"),
-               config: bytes = b'{"architecture":"amd64","os":"linux"}', **extra) -> str:
+               config: bytes = b'{"architecture":"amd64","os":"linux"}',
+               client: Optional[RegistryClient] = None, **extra) -> str:
     """Push a small OCI image; return its manifest digest."""
-    config_digest = push_blob(base, repo, config)
-    layers = [(push_blob(base, repo, b), len(b)) for b in layer_bytes]
+    client = client or http
+    config_digest = push_blob(base, repo, config, client)
+    layers = [(push_blob(base, repo, b, client), len(b)) for b in layer_bytes]
     body = image_manifest(config_digest, len(config), layers, **extra)
-    r = requests.put(f"{base}/v2/{repo}/manifests/{tag}", data=body,
+    r = client.put(f"{base}/v2/{repo}/manifests/{tag}", data=body,
                      headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
     assert r.status_code == 201, r.text
     return r.headers["Docker-Content-Digest"]

@@ -1,0 +1,85 @@
+"""Authorization of every /v2/ request: a valid bearer token that grants the route's action.
+
+Verifying a token needs no database read (chalicelib/auth/tokens.py). A request without an
+acceptable token gets 401 and a `WWW-Authenticate: Bearer realm=…,service=…,scope=…` challenge,
+which sends clients to the token endpoint, as distribution's token-auth spec describes.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from chalicelib.api.router import CATALOG, PUBLIC, SIGNED_IN, Request, Route
+from chalicelib.auth import tokens
+from chalicelib.auth.scopes import PULL, PUSH
+from chalicelib.config import settings
+from chalicelib.errors import RegistryError
+
+TOKEN_PATH = "_berth/token"
+
+
+def base_url(request: Request) -> str:
+    """The URL clients reach the registry at (for the token realm)."""
+    configured = settings().public_url
+    if configured:
+        return configured
+    proto = (request.header("x-forwarded-proto") or "http").split(",")[0].strip()
+    host = request.header("host") or "localhost"
+    return f"{proto}://{host}"
+
+
+def realm(request: Request) -> str:
+    return f"{base_url(request)}/v2/{TOKEN_PATH}"
+
+
+def _scope_for(route: Route, request: Request) -> Optional[str]:
+    if route.action == CATALOG:
+        return "registry:catalog:*"
+    if route.action in (PUBLIC, SIGNED_IN):
+        return None
+    actions = "pull,push" if route.action == PUSH else route.action   # docker asks pull,push
+    return f"repository:{request.params['name']}:{actions}"
+
+
+def challenge(request: Request, route: Route, error: Optional[str]) -> RegistryError:
+    scope = _scope_for(route, request)
+    parts = [f'realm="{realm(request)}"', f'service="{settings().service}"']
+    if scope:
+        parts.append(f'scope="{scope}"')
+    if error:
+        parts.append(f'error="{error}"')
+    header = {"WWW-Authenticate": "Bearer " + ",".join(parts)}
+    if error == "insufficient_scope":
+        return RegistryError("DENIED", "requested access to the resource is denied", status=401,
+                             headers=header, detail={"scope": scope})
+    return RegistryError("UNAUTHORIZED", "authentication required", headers=header,
+                         detail={"scope": scope} if scope else None)
+
+
+def _bearer_token(request: Request) -> Optional[str]:
+    value = request.header("authorization") or ""
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authorize(request: Request, route: Route) -> None:
+    """Raise the 401 a client must see unless its token allows this route on this repository."""
+    if route.action == PUBLIC:
+        return
+    token = _bearer_token(request)
+    if token is None:
+        raise challenge(request, route, None)
+    try:
+        request.grants = tokens.verify(token)
+    except tokens.InvalidToken:
+        raise challenge(request, route, "invalid_token") from None
+    if route.action in (SIGNED_IN, CATALOG):
+        return
+    if not request.grants.allows(request.params["name"], route.action):
+        raise challenge(request, route, "insufficient_scope")
+
+
+def may_pull(request: Request, repository: str) -> bool:
+    """For cross-repository mounts: the caller's token must also grant pull on the source."""
+    return request.grants is not None and request.grants.allows(repository, PULL)

@@ -1,0 +1,1 @@
+"""Accounts and access: passwords, registry tokens (JWT), permissions, brute-force throttling."""
