@@ -46,6 +46,15 @@ def main() -> None:
     lines += ["", f"Registry process peak RSS over the whole Berth run (push, re-push, pull, "
               f"metadata load; moto excluded): **{mem['peak_rss_mib']} MiB** "
               f"(VmHWM {mem['vmhwm_mib']} MiB; target < {MEMORY_TARGET_MIB} MiB: {verdict})."]
+    auth_path = os.path.join(out, "auth.json")
+    if os.path.exists(auth_path):
+        auth = load(auth_path)
+        verdict = "met" if auth["ratio"] >= 0.8 else "MISSED"
+        lines += ["", "Token verification (the Chalice app called as Lambda calls it, moto in-process): "
+                  f"manifest GET {auth['manifest_get_rps_with_token']} req/s with a Bearer token vs "
+                  f"{auth['manifest_get_rps_without_auth']} req/s with the authorization step "
+                  f"switched off: **{auth['ratio']}×** (target ≥ 0.8×: {verdict}). A login (token "
+                  f"request with a password, scrypt 2^15) takes {auth['login_seconds_median']} s."]
     print("\n".join(lines))
 
 

@@ -36,6 +36,9 @@ echo "== docker-registry (distribution, S3 storage on moto)" >&2
 MOTO_SERVER="$root/.venv/bin/moto_server" PYTHON="$root/.venv/bin/python" BENCH="$out/distribution" \
   bash "$tools/regbench-distribution.sh" s3 --out "$out/distribution-s3.json" "${args[@]}"
 
+echo "== token verification cost (in-process, moto)" >&2
+.venv/bin/python bench/auth_bench.py --out "$out/auth.json"
+
 python3 "$tools/regbench-compare.py" Berth="$out/berth.json" \
   docker-registry-s3="$out/distribution-s3.json" | tee "$out/compare.txt"
 .venv/bin/python bench/report.py "$out" > bench/RESULTS.md

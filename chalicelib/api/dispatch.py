@@ -42,6 +42,7 @@ def handle(chalice_request, path: str) -> Response:
     """Serve one /v2/<path> request; never lets an exception become a stack trace."""
     started = time.monotonic()
     template = "/v2/?"
+    request = None
     try:
         request = _adapt(chalice_request, path)
         route, request.params = resolve(request.method, path)
@@ -54,17 +55,20 @@ def handle(chalice_request, path: str) -> Response:
         log.exception("unhandled error on %s %s", chalice_request.method, template)
         response = error_response(RegistryError("UNKNOWN", "internal error"))
     response.headers.update(API_VERSION_HEADER)
-    _log_request(chalice_request, template, response.status_code, started)
+    user = request.grants.subject if request is not None and request.grants else None
+    _log_request(chalice_request, template, response.status_code, started, user)
     return response
 
 
-def _log_request(chalice_request, template: str, status: int, started: float) -> None:
-    """One structured line per request; route templates only, never credentials or bodies."""
+def _log_request(chalice_request, template: str, status: int, started: float,
+                 user: Optional[str]) -> None:
+    """One structured line per request: the route template and the token's subject only, never
+    credentials, tokens, bodies or repository contents."""
     if not log.isEnabledFor(logging.INFO):
         return
     context = chalice_request.context or {}
     log.info(json.dumps({"request_id": context.get("requestId"), "method": chalice_request.method,
-                         "route": template, "status": status,
+                         "route": template, "status": status, "user": user,
                          "ms": round((time.monotonic() - started) * 1000, 1)}))
 
 
