@@ -19,7 +19,7 @@ def main() -> None:
     berth = load(os.path.join(out, "berth.json"))
     ref = load(os.path.join(out, "distribution-s3.json"))
     mem = load(os.path.join(out, "berth-peak-rss.json"))
-    lines = [f"# Benchmark: Berth (local mode) vs docker-registry 2.8 (S3 on moto)", "",
+    lines = ["# Benchmark: Berth (local mode) vs docker-registry 2.8 (S3 on moto)", "",
              f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
              f"{platform.python_implementation()} {platform.python_version()}; "
              f"regbench reps={berth['meta'].get('reps')}. Seconds are medians; ratio = Berth / "

@@ -19,6 +19,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 password=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
 PORT=$port BERTH_LOG_LEVEL=WARNING BERTH_ADMIN_USER=bench BERTH_ADMIN_PASSWORD="$password" \
+  BERTH_STATE_DIR="$out/state" \
   .venv/bin/python -m berth_local.run >"$out/berth.log" 2>&1 &
 berth=$!
 pids+=("$berth")

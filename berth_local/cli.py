@@ -61,4 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m berth_local.cli` runs this file as __main__, a second copy of the module; the
+    # subcommands register into the importable one, so run that one's main.
+    from berth_local.cli import main as _main
+    sys.exit(_main())

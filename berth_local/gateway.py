@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional
 from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
+from berth_local.bodies import PieceReader
+
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
@@ -343,7 +345,7 @@ def _replace_headers(headers: Headers, drop: Iterable[str], add: Iterable[tuple[
 # --------------------------------------------------------------------------------------------
 
 
-class RequestBody:
+class RequestBody(PieceReader):
     """`wsgi.input`, read in bounded pieces so a multi-GB layer never sits in memory.
 
     waitress de-chunks `Transfer-Encoding: chunked`, spools big bodies to a temp file and sets
@@ -395,21 +397,6 @@ class RequestBody:
         if size > 0:
             parts.append(self._read_raw(size))
         return b"".join(parts)
-
-    def read_all(self) -> bytes:
-        chunks = []
-        while True:
-            chunk = self.read(self._COPY_BYTES)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-
-    def pieces(self, size: int) -> Iterator[bytes]:
-        while True:
-            piece = self.read(size)
-            if not piece:
-                return
-            yield piece
 
     def drain(self) -> int:
         """Discard the rest, returning how many bytes that was."""

@@ -2,9 +2,10 @@
 
 Environment: PORT (5000), BERTH_HOST (127.0.0.1), BERTH_MOTO_PORT (a free port),
 BERTH_MAX_BODY_BYTES (unset: any body size; set: refuse bodies over it as Lambda would),
-BERTH_THREADS (8), BERTH_ADMIN_USER (admin) and BERTH_ADMIN_PASSWORD (generated and printed).
-It writes .berth/local.json so that `berth` commands find this registry without configuration,
-and keeps the token signing key in .berth/token-key.
+BERTH_THREADS (8), BERTH_ADMIN_USER (admin) and BERTH_ADMIN_PASSWORD (generated and printed),
+BERTH_STATE_DIR (.berth in the project). It writes <state dir>/local.json so that `berth`
+commands find this registry without configuration, and keeps the token signing key in
+<state dir>/token-key.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from berth_local import backend
 
-STATE_DIR = Path(__file__).resolve().parent.parent / ".berth"
+STATE_DIR = Path(os.environ.get("BERTH_STATE_DIR")
+                 or Path(__file__).resolve().parent.parent / ".berth")
 STATE_FILE = STATE_DIR / "local.json"
 KEY_FILE = STATE_DIR / "token-key"
 
