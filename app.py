@@ -1,6 +1,9 @@
 """Berth: an OCI container registry on AWS Chalice (API Gateway + Lambda, DynamoDB, S3).
 
-This file only wires routes to the handlers in chalicelib/.
+This file only wires routes to the handlers in chalicelib/. The routes are relative to the API
+Gateway stage, which is named `v2`: https://<api>.execute-api.<region>.amazonaws.com/v2/ is then
+the registry's /v2/ (a Docker image reference cannot carry a path before /v2/), and a custom
+domain maps its base path `v2` to the stage. The local gateway serves the app the same way.
 """
 import os
 
@@ -13,13 +16,13 @@ dispatch.configure_logging(os.environ.get("BERTH_LOG_LEVEL", "INFO"))
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@app.route("/v2", methods=["GET", "HEAD"])
+@app.route("/", methods=["GET", "HEAD"])
 def api_base():
     return dispatch.handle(app.current_request, "")
 
 
 # Any Content-Type: blobs are octet-streams, manifests carry their own media types.
-@app.route("/v2/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])
+@app.route("/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])
 def api_v2():
     request = app.current_request
     return dispatch.handle(request, request.uri_params["proxy"])

@@ -21,12 +21,12 @@ from berth_local import backend  # noqa: E402
 
 
 def event(method: str, path: str, headers=None, body: bytes = b"", query=None) -> dict:
-    resource = "/v2/{proxy+}" if path.startswith("/v2/") and path != "/v2/" else "/v2"
-    return {"httpMethod": method, "path": path, "resource": resource,
+    resource = "/{proxy+}" if path.startswith("/v2/") and path != "/v2/" else "/"
+    return {"httpMethod": method, "path": path[3:] or "/", "resource": resource,
             "headers": headers or {}, "multiValueHeaders": {},
             "queryStringParameters": query,
             "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
-            "pathParameters": {"proxy": path[4:]} if resource != "/v2" else None,
+            "pathParameters": {"proxy": path[4:]} if resource != "/" else None,
             "stageVariables": None,
             "requestContext": {"resourcePath": resource, "httpMethod": method,
                                "requestId": uuid.uuid4().hex, "identity": {"sourceIp": "127.0.0.1"}},

@@ -72,9 +72,13 @@ def make_wsgi_app(
     *,
     max_body_bytes: int | None = None,
     piece_bytes: int = 8 * MIB,
-    stage: str = "api",
+    stage: str = "v2",
 ) -> Callable[[dict, Callable], Iterable[bytes]]:
     """Wrap a Chalice app as a WSGI callable that behaves like API Gateway + Lambda.
+
+    The app is served under `/<stage>` as API Gateway serves a stage: Berth's stage is named
+    `v2`, so the app's routes are `/` and `/{proxy+}` and `/v2/...` reaches them (a Docker image
+    reference cannot carry a path before /v2/). Paths outside the stage get API Gateway's 403.
 
     `max_body_bytes` switches on Lambda emulation (size limit, UTF-8 mangling of non-binary
     bodies); `piece_bytes` is the largest body one event carries in convenience mode.
@@ -493,6 +497,16 @@ def parse_query(query: str) -> tuple[Optional[dict[str, str]], Optional[dict[str
     return single, multi
 
 
+def strip_stage(raw_path: str, stage: str) -> Optional[str]:
+    """The path inside the stage (`/v2/x` -> `/x`, `/v2` -> `/`), or None outside it."""
+    prefix = f"/{stage}"
+    if raw_path == prefix:
+        return "/"
+    if raw_path.startswith(prefix + "/"):
+        return raw_path[len(prefix):]
+    return None
+
+
 def build_event(
     call: Call,
     route: RouteMatch,
@@ -514,7 +528,7 @@ def build_event(
     host = _last_header(call.headers, "host") or "localhost"
     return {
         "resource": route.resource,
-        "path": call.raw_path,
+        "path": strip_stage(call.raw_path, stage) or call.raw_path,
         "httpMethod": call.method,
         "headers": headers,
         "multiValueHeaders": multi_headers,
@@ -528,7 +542,7 @@ def build_event(
             "httpMethod": call.method,
             "extendedRequestId": request_id,
             "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "path": f"/{stage}{call.raw_path}",
+            "path": call.raw_path,
             "accountId": "123456789012",
             "protocol": client.protocol,
             "stage": stage,
@@ -875,7 +889,10 @@ class Gateway:
 
     def _route(self, method: str, raw_path: str) -> Optional[RouteMatch]:
         routes = self.app.routes
-        route = match_resource(routes.keys(), raw_path)
+        path = strip_stage(raw_path, self.stage)
+        if path is None:
+            return None
+        route = match_resource(routes.keys(), path)
         if route is None or method not in routes.get(route.resource, {}):
             return None
         return route

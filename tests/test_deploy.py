@@ -197,9 +197,6 @@ def test_custom_domain_maps_v2_to_the_stage(packaged, monkeypatch):
     assert domain["SecurityPolicy"] == "TLS_1_2"
 
 
-@pytest.mark.xfail(reason="app.py's routes are still /v2 and /v2/{proxy+}: with the stage named v2 "
-                          "the registry answers at /v2/v2/. docs/deploy.md, 'The stage problem', "
-                          "says how the routes must change", strict=False)
 @pytest.mark.parametrize("stage", STAGES)
 def test_registry_answers_at_the_stage_root(stage, packaged):
     paths = set(packaged[stage]["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"])

@@ -70,8 +70,9 @@ class RegistryDouble:
         self.events: list[dict[str, Any]] = []
         self.uploads: dict[str, bytearray] = {}
         self.blobs: dict[str, int] = {}
-        self.app.route("/v2", methods=ALL_METHODS, content_types=["*/*"])(self.root)
-        self.app.route("/v2/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])(self.proxy)
+        # Routes relative to the API Gateway stage "v2", as Berth's app writes them.
+        self.app.route("/", methods=ALL_METHODS, content_types=["*/*"])(self.root)
+        self.app.route("/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])(self.proxy)
 
     def reset(self) -> None:
         with self.lock:
@@ -323,9 +324,9 @@ def test_query_path_headers_and_request_context(default: Running) -> None:
     )
     assert response.status_code == 200, response.text
     event = response.json()["event"]
-    assert event["resource"] == "/v2/{proxy+}"
+    assert event["resource"] == "/{proxy+}"
     assert event["httpMethod"] == "GET"
-    assert event["path"] == "/v2/echo/library/my%20repo/a%2Fb/"
+    assert event["path"] == "/echo/library/my%20repo/a%2Fb/"   # the stage is not part of it
     assert event["pathParameters"] == {"proxy": "echo/library/my repo/a/b/"}
     assert event["queryStringParameters"] == {"x": "2", "y": "hello world", "z": ""}
     assert event["multiValueQueryStringParameters"] == {"x": ["1", "2"], "y": ["hello world"], "z": [""]}
@@ -334,10 +335,10 @@ def test_query_path_headers_and_request_context(default: Running) -> None:
     assert event["multiValueHeaders"]["X-Custom-Thing"] == ["yes"]
     assert event["stageVariables"] is None
     context = event["requestContext"]
-    assert context["resourcePath"] == "/v2/{proxy+}"
+    assert context["resourcePath"] == "/{proxy+}"
     assert context["httpMethod"] == "GET"
-    assert context["stage"] == "api"
-    assert context["path"] == "/api/v2/echo/library/my%20repo/a%2Fb/"
+    assert context["stage"] == "v2"
+    assert context["path"] == "/v2/echo/library/my%20repo/a%2Fb/"
     assert context["identity"]["sourceIp"] == "127.0.0.1"
     assert uuid.UUID(context["requestId"])
     assert abs(context["requestTimeEpoch"] / 1000 - time.time()) < 60
@@ -354,7 +355,7 @@ def test_v2_root_with_and_without_trailing_slash(default: Running) -> None:
         assert response.status_code == 200
         assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
         assert response.headers["Content-Type"] == "application/json"
-    assert [e["resource"] for e in default.events()] == ["/v2", "/v2"]
+    assert [e["resource"] for e in default.events()] == ["/", "/"]
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/nope"), ("GET", "/v3/x"), ("POST", "/"), ("OPTIONS", "/v2/x")])
@@ -504,7 +505,7 @@ def test_large_patch_is_split_into_lambda_sized_pieces(default: Running) -> None
     assert_pieces(patches, len(data), 8 * MIB)
     assert all("Content-Range" not in e["headers"] for e in patches)
     assert all(e["isBase64Encoded"] for e in patches)
-    assert {e["path"] for e in patches} == {location.removeprefix(default.url).split("?")[0]}
+    assert {e["requestContext"]["path"] for e in patches} == {location.removeprefix(default.url).split("?")[0]}
     assert {e["queryStringParameters"]["_state"] for e in patches} == {location.split("_state=")[1]}
 
     committed = requests.put(location + "&digest=" + sha256_digest(data))
@@ -576,7 +577,7 @@ def test_large_monolithic_post_becomes_post_patches_put(small: Running) -> None:
     assert post["queryStringParameters"] is None and post["bodyLength"] == 0
     assert_pieces(patches, len(data), 1 * MIB)
     upload_path = patches[0]["path"]
-    assert upload_path.startswith("/v2/library/mono/blobs/uploads/") and len(upload_path) > 35
+    assert upload_path.startswith("/library/mono/blobs/uploads/") and len(upload_path) > 32
     assert all(p["path"] == upload_path and "_state" in p["queryStringParameters"] for p in patches)
     assert put["path"] == upload_path
     assert set(put["queryStringParameters"]) == {"_state", "digest"}
@@ -715,7 +716,7 @@ class GarbageChalice(Chalice):
 
 
 def _with_route(app: Chalice) -> Chalice:
-    app.route("/v2", methods=["GET"])(lambda: {})
+    app.route("/", methods=["GET"])(lambda: {})
     return app
 
 
@@ -755,7 +756,7 @@ def vmhwm_kib():
 app = Chalice("memory", configure_logs=False)
 state = {"hash": hashlib.sha256(), "size": 0, "events": 0, "largest": 0}
 
-@app.route("/v2/{proxy+}", methods=["GET", "PATCH"], content_types=["*/*"])
+@app.route("/{proxy+}", methods=["GET", "PATCH"], content_types=["*/*"])
 def proxy():
     request = app.current_request
     if request.method == "GET":
