@@ -55,6 +55,23 @@ def main() -> None:
                   f"{auth['manifest_get_rps_without_auth']} req/s with the authorization step "
                   f"switched off: **{auth['ratio']}×** (target ≥ 0.8×: {verdict}). A login (token "
                   f"request with a password, scrypt 2^15) takes {auth['login_seconds_median']} s."]
+    cold_path = os.path.join(out, "coldstart.json")
+    if os.path.exists(cold_path):
+        cold = load(cold_path)
+        verdict = "met" if cold["ratio"] <= 1.5 else "MISSED"
+        lines += ["", f"Cold start: importing app.py takes {cold['berth_import_ms']} ms against "
+                  f"{cold['bare_chalice_boto3_import_ms']} ms for a bare Chalice app importing boto3: "
+                  f"**{cold['ratio']}×** (target ≤ 1.5×: {verdict})."]
+    proxy_path = os.path.join(out, "proxy-bench.json")
+    if os.path.exists(proxy_path):
+        proxy = load(proxy_path)
+        verdict = "met" if proxy["met"] else "MISSED"
+        lines += ["", f"`berth proxy`: a {proxy['image']['bytes'] / 1e6:.0f} MB image pushed with "
+                  f"skopeo through the proxy to a Berth refusing bodies over "
+                  f"{proxy['body_limit']} bytes took {proxy['median_seconds']['proxy']:.2f} s, "
+                  f"directly to Berth without the limit {proxy['median_seconds']['direct']:.2f} s: "
+                  f"**{proxy['ratio_direct_over_proxy']}×** the direct throughput (target ≥ 0.7×: "
+                  f"{verdict}); proxy peak RSS {proxy['proxy_peak_rss_mib']} MiB (target < 200)."]
     print("\n".join(lines))
 
 

@@ -40,6 +40,12 @@ MOTO_SERVER="$root/.venv/bin/moto_server" PYTHON="$root/.venv/bin/python" BENCH=
 echo "== token verification cost (in-process, moto)" >&2
 .venv/bin/python bench/auth_bench.py --out "$out/auth.json"
 
+echo "== cold start: import time of app.py against a bare Chalice app importing boto3" >&2
+.venv/bin/python bench/coldstart.py --out "$out/coldstart.json"
+
+echo "== berth proxy: 200 MiB push through the proxy to a 6 MiB-limited Berth vs direct" >&2
+.venv/bin/python bench/proxy_bench.py --out "$out/proxy-bench.json"
+
 python3 "$tools/regbench-compare.py" Berth="$out/berth.json" \
   docker-registry-s3="$out/distribution-s3.json" | tee "$out/compare.txt"
 .venv/bin/python bench/report.py "$out" > bench/RESULTS.md
