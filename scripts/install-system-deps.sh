@@ -5,6 +5,7 @@ set -euo pipefail
 need=()
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v podman >/dev/null || need+=(podman)
+command -v chromium >/dev/null || need+=(chromium)   # the console browser test (Playwright)
 if [ "${BERTH_BENCH_DEPS:-}" = 1 ]; then
   command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v wrk >/dev/null || need+=(wrk)

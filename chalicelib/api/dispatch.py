@@ -10,6 +10,7 @@ from typing import Optional
 from chalice import Response
 
 # Importing the resource modules registers their routes, most specific first.
+from chalicelib.api import manage  # noqa: F401  (/v2/_berth/api/ and /v2/_berth/console/)
 from chalicelib.api import (base, token, catalog, uploads, blobs, manifests, tags,  # noqa: F401
                             referrers)
 from chalicelib.api.access import authorize

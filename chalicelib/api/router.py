@@ -53,6 +53,7 @@ Handler = Callable[[Request], Response]
 PUBLIC = "public"        # nothing: the token endpoint itself
 SIGNED_IN = "signed-in"  # any valid token: GET /v2/, which `docker login` uses to check a login
 CATALOG = "catalog"      # any valid token; the listing is filtered by what the caller may pull
+API = "api"              # the management API: its handlers check a `berth:api:*` token themselves
 
 
 @dataclass(frozen=True)

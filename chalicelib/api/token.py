@@ -17,7 +17,7 @@ from chalicelib import oci
 from chalicelib.api.access import TOKEN_PATH
 from chalicelib.api.router import PUBLIC, Request, json_response, route
 from chalicelib.auth import accounts, tokens
-from chalicelib.auth.scopes import PUSH, Scope, parse_scope
+from chalicelib.auth.scopes import API, PUSH, Scope, parse_scope
 from chalicelib.config import settings
 from chalicelib.errors import RegistryError
 
@@ -50,12 +50,24 @@ def _login(request: Request, credentials: Optional[Tuple[str, str]]):
         raise RegistryError("UNAUTHORIZED", str(exc)) from None
 
 
+API_TOKEN_TTL = 3600    # a console session: the management API checks rights on every call
+
+
 def _grant(principal, requested: List[Scope]) -> List[Scope]:
+    """What to put in the token. `berth:api:*` (management API, web console) goes to users who
+    logged in with their password (not with a CI access token), and alone: such a token carries
+    no repository grant, since it lives longer (API_TOKEN_TTL)."""
+    if any((s.type, s.name) == API[:2] and "*" in s.actions for s in requested):
+        if principal is not None and principal.token_scope is None:
+            return [Scope(*API[:2], frozenset({"*"}))]
+        return []
     granted = []
     for scope in requested:
         if scope.type == "registry":
             if scope.name == "catalog" and "*" in scope.actions:
                 granted.append(Scope("registry", "catalog", frozenset({"*"})))
+            continue
+        if scope.type != "repository":      # e.g. berth:<anything but api>:…
             continue
         if not oci.is_valid_name(scope.name):
             continue
@@ -75,6 +87,11 @@ def _create_namespace_for_admin(admin: str, repository: str) -> None:
             accounts.create_namespace(namespace, admin)
         except accounts.AccountError:
             pass   # created concurrently: fine
+
+
+def _issue(subject: Optional[str], granted: List[Scope]) -> dict:
+    api = any((s.type, s.name) == API[:2] for s in granted)
+    return tokens.issue(subject, granted, ttl=API_TOKEN_TTL if api else None)
 
 
 def _check_service(service: Optional[str]) -> None:
@@ -102,7 +119,7 @@ def get_token(request: Request) -> Response:
         raise RegistryError("UNAUTHORIZED", "account does not match the credentials")
     principal = _login(request, credentials)
     granted = _grant(principal, _scopes(request.query.get("scope", [])))
-    return json_response(tokens.issue(principal.username if principal else None, granted))
+    return json_response(_issue(principal.username if principal else None, granted))
 
 
 @route("POST", TOKEN_PATH, "/v2/_berth/token", PUBLIC)
@@ -126,7 +143,7 @@ def post_token(request: Request) -> Response:
                              status=400)
     principal = _login(request, (field("username"), field("password")))
     granted = _grant(principal, _scopes(form.get("scope", [])))
-    answer = tokens.issue(principal.username, granted)
+    answer = _issue(principal.username, granted)
     return json_response({"access_token": answer["access_token"],
                           "expires_in": answer["expires_in"], "issued_at": answer["issued_at"],
                           "scope": " ".join(str(s) for s in granted)})

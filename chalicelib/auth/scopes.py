@@ -7,6 +7,7 @@ from typing import Dict, FrozenSet, Iterable, List, Optional
 PULL, PUSH, DELETE = "pull", "push", "delete"
 REPOSITORY_ACTIONS = frozenset({PULL, PUSH, DELETE})
 CATALOG = ("registry", "catalog", "*")
+API = ("berth", "api", "*")     # the management API and web console (chalicelib/api/manage)
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ def parse_scope(raw: str) -> Optional[Scope]:
     name = ":".join(parts[1:-1])
     if kind.startswith("repository("):          # "repository(plugin)" class suffix
         kind = "repository"
-    if kind not in ("repository", "registry") or not name:
+    if kind not in ("repository", "registry", "berth") or not name:
         return None
     return Scope(kind, name, frozenset(a for a in actions.split(",") if a))
 
@@ -39,6 +40,7 @@ class Grants:
     subject: Optional[str] = None
     repositories: Dict[str, FrozenSet[str]] = field(default_factory=dict)
     catalog: bool = False
+    api: bool = False      # `berth:api:*`: may call the management API (rights checked per call)
 
     def allows(self, repository: str, action: str) -> bool:
         return action in self.repositories.get(repository, frozenset())
@@ -58,6 +60,8 @@ class Grants:
                     name, frozenset())
             elif kind == "registry" and name == "catalog" and "*" in actions:
                 grants.catalog = True
+            elif (kind, name) == API[:2] and "*" in actions:
+                grants.api = True
         return grants
 
 

@@ -67,17 +67,20 @@ def generate_key() -> str:
     return secrets.token_hex(32)
 
 
-def issue(subject: Optional[str], granted: List[Scope], now: Optional[float] = None) -> dict:
-    """A token answer as the token-auth spec defines it (token and access_token are the same)."""
+def issue(subject: Optional[str], granted: List[Scope], now: Optional[float] = None,
+          ttl: Optional[int] = None) -> dict:
+    """A token answer as the token-auth spec defines it (token and access_token are the same).
+    `ttl`: seconds it is valid, if not the registry tokens' BERTH_TOKEN_TTL."""
     import jwt
     cfg = settings()
     now = int(now if now is not None else time.time())
+    ttl = ttl if ttl is not None else cfg.token_ttl
     claims = {"iss": cfg.issuer, "aud": cfg.service, "sub": subject or "", "iat": now,
-              "nbf": now - 5, "exp": now + cfg.token_ttl, "jti": secrets.token_hex(12),
+              "nbf": now - 5, "exp": now + ttl, "jti": secrets.token_hex(12),
               "access": access_claim(granted)}
     token = jwt.encode(claims, signing_key(), algorithm=ALGORITHM)
     issued_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return {"token": token, "access_token": token, "expires_in": cfg.token_ttl,
+    return {"token": token, "access_token": token, "expires_in": ttl,
             "issued_at": issued_at}
 
 

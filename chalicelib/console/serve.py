@@ -1,0 +1,47 @@
+"""GET /v2/_berth/console/ and its two assets, as text responses.
+
+Text, not binary: a response whose Content-Type is one of the API's binary types needs a matching
+Accept header from the client (Chalice, see field notes). The pages fetch nothing from anywhere
+else (no CDN) and call the management API with a bearer token kept in sessionStorage: no cookies.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from chalice import Response
+
+from chalicelib.api.router import PUBLIC, Request, route
+
+STATIC = Path(__file__).parent / "static"
+FILES = {"": ("index.html", "text/html; charset=utf-8"),
+         "app.css": ("app.css", "text/css; charset=utf-8"),
+         "app.js": ("app.js", "text/javascript; charset=utf-8")}
+HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+                               "base-uri 'none'; frame-ancestors 'none'",
+}
+
+
+@lru_cache(maxsize=None)
+def _read(name: str) -> str:
+    return (STATIC / name).read_text(encoding="utf-8")
+
+
+@route("GET", r"_berth/console", "/v2/_berth/console", PUBLIC)
+def console_redirect(request: Request) -> Response:
+    return Response(body="", status_code=301, headers={"Location": "/v2/_berth/console/",
+                                                       "Content-Length": "0"})
+
+
+@route("GET", r"_berth/console/(?P<file>|app\.css|app\.js)", "/v2/_berth/console/{file}", PUBLIC)
+def console_file(request: Request) -> Response:
+    name, content_type = FILES[request.params["file"]]
+    headers = dict(HEADERS)
+    headers["Content-Type"] = content_type
+    return Response(body=_read(name), status_code=200, headers=headers)
