@@ -1,9 +1,11 @@
 """The web console in a real headless Chromium (Debian's `chromium`, driven by Playwright):
 sign in, activate, create a repository, push with skopeo, see it, copy, delete a tag, delete the
 image; then the registry itself must agree (skopeo). Screenshots of every page go to
-tests/screenshots/console/; the image list and repository page also to docs/screenshots/."""
+tests/screenshots/console/; with BERTH_UPDATE_DOC_SCREENSHOTS=1, the image list and repository
+page also to docs/screenshots/ (shown in the README), so a test run leaves the tree clean."""
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -86,7 +88,7 @@ def shot(page, name: str, docs_name: str = None) -> None:
     }""")
     page.wait_for_timeout(250)          # the toast's fade
     page.screenshot(path=str(path), full_page=not dialog_open)
-    if docs_name:
+    if docs_name and os.environ.get("BERTH_UPDATE_DOC_SCREENSHOTS") == "1":
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, DOCS_SHOTS / docs_name)
 
