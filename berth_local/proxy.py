@@ -48,7 +48,7 @@ from berth_local.cli import CliError, command
 __all__ = ["ProxyServer", "Upstream", "start_proxy", "parse_upstream", "parse_listen",
            "parse_size", "DEFAULT_CHUNK_SIZE", "DEFAULT_LISTEN"]
 
-log = logging.getLogger("berth.proxy")
+log = logging.getLogger(__name__)  # not under "berth": Chalice stops that one propagating
 
 KIB, MIB = 1 << 10, 1 << 20
 # 4 MiB of binary is 5.33 MiB of base64, under Lambda's 6 MB synchronous payload limit.
