@@ -7,7 +7,7 @@ domain maps its base path `v2` to the stage. The local gateway serves the app th
 """
 import os
 
-from chalice import Chalice
+from chalice import Chalice, Rate
 
 from chalicelib.api import dispatch
 
@@ -26,3 +26,12 @@ def api_base():
 def api_v2():
     request = app.current_request
     return dispatch.handle(request, request.uri_params["proxy"])
+
+
+# Garbage collection (chalicelib/gc.py). Chalice reads the rate when it packages or deploys the
+# app, so BERTH_GC_RATE_MINUTES must be set in the environment of `chalice deploy`/`package`.
+@app.schedule(Rate(int(os.environ.get("BERTH_GC_RATE_MINUTES", "60")), unit=Rate.MINUTES),
+              name="gc", description="Berth garbage collection sweep")
+def gc_sweep(event):
+    from chalicelib import gc
+    return gc.scheduled(event)

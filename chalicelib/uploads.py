@@ -19,13 +19,12 @@ from collections import OrderedDict
 from typing import Optional, Tuple
 
 from pynamodb.exceptions import DoesNotExist, PutError
-from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
 from chalicelib.errors import RegistryError
 from chalicelib.storage import blobstore
-from chalicelib.storage.metadata import connection, is_condition_failure, link_blob
-from chalicelib.storage.models import UPLOADS_PK, BlobItem, UploadItem
+from chalicelib.storage.metadata import is_condition_failure, publish_blob
+from chalicelib.storage.models import UPLOADS_PK, UploadItem
 
 PART_MIN = 5 * 1024 * 1024   # S3's minimum size of every part but the last
 _HASH_CACHE_SIZE = 64
@@ -188,9 +187,9 @@ def store_blob(repo: str, digest: str, data: bytes,
         if session is not None:
             finish(session)
         raise _digest_mismatch(digest)
-    if not _blob_exists(digest):
-        blobstore.put_object(blobstore.blob_key(digest), data)
-    _record_blob(repo, digest, len(data), session)
+    publish_blob(repo, digest, len(data),
+                 lambda: blobstore.put_object(blobstore.blob_key(digest), data),
+                 session.sk if session is not None else None)
     if session is not None:
         _hashes.drop(session.sk)
 
@@ -227,31 +226,16 @@ def _hash_object(key: Optional[str], size: int, algorithm: str) -> str:
     return f"{algorithm}:{hasher.hexdigest()}"
 
 
-def _blob_exists(digest: str) -> bool:
-    try:
-        BlobItem.get(f"blob#{digest}", "blob", attributes_to_get=["pk"])
-        return True
-    except DoesNotExist:
-        return False
-
-
 def _publish(repo: str, digest: str, size: int, source: Optional[str]) -> None:
-    if not _blob_exists(digest):
+    """Make the verified bytes at `source` blob `digest` of `repo` (see metadata.publish_blob:
+    the content-addressed object is written only when the blob is not stored, or is being taken
+    back from a garbage-collection sweep)."""
+    def write_object() -> None:
         if source is None:
             blobstore.put_object(blobstore.blob_key(digest), b"")
         else:
             blobstore.copy_object(source, blobstore.blob_key(digest), size)
-    _record_blob(repo, digest, size, None)
-
-
-def _record_blob(repo: str, digest: str, size: int, session: Optional[UploadItem]) -> None:
-    """Make the blob known and visible in `repo`, in one transaction with the session's end."""
-    now = time.time()
-    with TransactWrite(connection=connection()) as tx:
-        tx.save(BlobItem(f"blob#{digest}", "blob", size=size, created=now))
-        link_blob(tx, repo, digest, size, now)
-        if session is not None:
-            tx.delete(UploadItem(UPLOADS_PK, session.sk))
+    publish_blob(repo, digest, size, write_object)
 
 
 def finish(session: UploadItem) -> None:

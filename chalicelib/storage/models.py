@@ -9,10 +9,21 @@ One table, keyed by (pk, sk), so that everything one request needs sits under on
   repo#<name>            blob#<digest>                    LinkItem      (blob visible in repo)
   repo#<name>            ref#<subject digest>#<digest>    ReferrerItem  (referrers API)
   blob#<digest>          blob                             BlobItem      (bytes stored in S3)
+  blob#<digest>          link#<repository name>           BlobLinkItem  (reverse of a LinkItem)
   _uploads               <upload id>                      UploadItem    (upload sessions)
+  _gc                    touch#<ms>#<digest>              GcQueueItem   (blob touched: due after grace)
+  _gc                    deref#<ms>#<digest>              GcQueueItem   (a manifest let go of a blob)
+  _gc                    untag#<ms>#<repo>#<digest>       GcQueueItem   (a manifest became untagged)
 
 A manifest GET by tag reads TagItem then ManifestItem; a blob GET or HEAD reads LinkItem only
 (the S3 key derives from the digest), so neither touches S3 before answering.
+
+Garbage collection (chalicelib/gc.py explains the protocol): BlobItem.refs counts the manifest
+items, over all repositories, that reference the blob (as config, layer, or as the S3-stored body
+of a big manifest); BlobItem.state is absent while the blob is live and "deleting" once a sweep
+has claimed it. Every LinkItem has a BlobLinkItem under the blob's own partition, written and
+deleted in the same transaction, so a sweep finds a blob's links with one Query. The `_gc` items
+are the sweep's work queue: a sweep reads only the due ones, never the whole table.
 """
 from __future__ import annotations
 
@@ -25,6 +36,14 @@ from chalicelib.config import settings
 
 REPOS_PK = "_repos"
 UPLOADS_PK = "_uploads"
+GC_PK = "_gc"
+BLOB_SK = "blob"
+DELETING = "deleting"       # BlobItem.state of a blob a sweep is deleting
+
+# GC queue kinds (sort key prefixes under GC_PK)
+TOUCH = "touch"             # a blob was uploaded or mounted: garbage if unreferenced after grace
+DEREF = "deref"             # a manifest item that referenced a blob was deleted
+UNTAG = "untag"             # a manifest may have become untagged (untagged-manifest policy)
 
 
 def repo_pk(name: str) -> str:
@@ -49,6 +68,40 @@ def referrer_prefix(subject: str) -> str:
 
 def blob_pk(digest: str) -> str:
     return f"blob#{digest}"
+
+
+def blob_link_sk(repo: str) -> str:
+    return f"link#{repo}"
+
+
+BLOB_LINK_PREFIX = "link#"
+
+
+def millis(t: float) -> int:
+    return int(t * 1000)
+
+
+def stamp(t: float) -> float:
+    """`t` rounded down to the millisecond: the time written both in a GC queue key and in the
+    item it is about, so that the two compare exactly."""
+    return millis(t) / 1000
+
+
+def queue_time(t: float) -> str:
+    return f"{millis(t):015d}"
+
+
+def gc_blob_sk(kind: str, t: float, digest: str) -> str:
+    return f"{kind}#{queue_time(t)}#{digest}"
+
+
+def gc_untag_sk(t: float, repo: str, digest: str) -> str:
+    return f"{UNTAG}#{queue_time(t)}#{repo}#{digest}"
+
+
+def gc_upto(kind: str, t: float) -> str:
+    """The greatest sort key of `kind` due at `t` ("~" sorts after every digest character)."""
+    return f"{kind}#{queue_time(t)}#~"
 
 
 class _Base(Model):
@@ -89,6 +142,8 @@ class ManifestItem(_Base):
     subject = UnicodeAttribute(null=True)
     created = NumberAttribute()
     version = NumberAttribute(default=0)   # bumped by every tag write; guards deletes
+    pushed = NumberAttribute(null=True)    # last PUT of this manifest (untagged-manifest policy)
+    parents = NumberAttribute(null=True)   # index manifests of this repository that list it
 
 
 class LinkItem(_Base):
@@ -106,6 +161,19 @@ class ReferrerItem(_Base):
 class BlobItem(_Base):
     size = NumberAttribute()
     created = NumberAttribute()
+    refs = NumberAttribute(null=True)      # manifest items (all repositories) that reference it
+    touched = NumberAttribute(null=True)   # last upload or mount (stamp()); grace runs from here
+    state = UnicodeAttribute(null=True)    # absent: live; DELETING: claimed by a sweep
+    since = NumberAttribute(null=True)     # when the sweep claimed it (wall clock; its lease)
+
+
+class BlobLinkItem(_Base):
+    """pk blob#<digest>, sk link#<repo>: the reverse of LinkItem, for a sweep to find links."""
+    created = NumberAttribute(null=True)
+
+
+class GcQueueItem(_Base):
+    """pk _gc: an event a sweep must look at; everything it needs is in the sort key."""
 
 
 class UploadItem(_Base):
