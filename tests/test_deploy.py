@@ -106,7 +106,8 @@ def sam_transform(template: dict, monkeypatch, parameters: Optional[dict] = None
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     doc = json.loads(json.dumps({k: v for k, v in template.items() if k != "__file__"}))
     # what `aws cloudformation package` does to the local package path
-    doc["Resources"]["APIHandler"]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
+    for function in ("APIHandler", "Gc"):
+        doc["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
     return transform(doc, parameters or {}, NoManagedPolicies())
 
 
@@ -532,6 +533,14 @@ def run_scenario(base: str) -> None:
     assert http.delete(f"{base}/v2/{repo}/manifests/v2").status_code == 202        # a tag
     assert http.delete(f"{base}/v2/{repo}/manifests/{manifest_digest}").status_code == 202
     assert http.delete(f"{base}/v2/{other}/blobs/{layer}").status_code == 202
+    # the management API's user list (admin), and the scheduled garbage collection sweep
+    console = requests.get(f"{base}/v2/_berth/token", auth=("admin", "admin-test-password"),
+                           params={"service": "berth", "scope": "berth:api:*"}).json()["token"]
+    assert requests.get(f"{base}/v2/_berth/api/users",
+                        headers={"Authorization": f"Bearer {console}"}).status_code == 200
+    from chalicelib import gc
+    gc.scheduled(None)
+    gc.sweep(grace=0)
 
 
 def granted_actions(policy: dict) -> Dict[str, Set[str]]:
@@ -587,9 +596,11 @@ def test_iam_policy_names_only_this_stages_resources(stage, packaged, recorded):
         "s3": {bucket_arn + "/*"},
         "s3:ListBucket": {bucket_arn},
         "ssm": {f"arn:{PARTITION}:ssm:{REGION}:{ACCOUNT}:parameter{env['BERTH_TOKEN_KEY_PARAM']}"},
-        "logs": {f"arn:{PARTITION}:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{function}:*"},
+        "logs": {f"arn:{PARTITION}:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{name}:*"
+                 for name in (function, resolve.ref("Gc"))},
     }
     assert resolve.ref("ApiLogGroup") == f"/aws/lambda/{function}"
+    assert resolve.ref("GcLogGroup") == f"/aws/lambda/{resolve.ref('Gc')}"
     list_prefixes = None
     for statement in resolve(policy_file(stage))["Statement"]:
         resources = statement["Resource"]

@@ -34,7 +34,10 @@ def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Res
     link = metadata.get_link(source, digest)
     if link is None:
         return None
-    metadata.add_link(request.name, digest, int(link.size))
+    try:
+        metadata.add_link(request.name, digest, int(link.size))
+    except metadata.BlobBeingDeleted:
+        return None   # being garbage-collected: the client uploads it again, as for any miss
     return _created(request.name, digest)
 
 

@@ -6,18 +6,18 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from typing import FrozenSet, List, Optional
+from typing import FrozenSet, List, Optional, Tuple
 
-from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError
+from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
 from chalicelib.auth import passwords
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
-from chalicelib.storage.metadata import connection, is_condition_failure
-from chalicelib.storage.models import (REPOS_PK, AccessTokenItem, LoginFailureItem,
-                                       MembershipItem, NamespaceItem, RepoItem, UserItem, ns_pk,
-                                       user_pk)
+from chalicelib.storage.metadata import connection
+from chalicelib.storage.models import (REPOS_PK, USERS_PK, AccessTokenItem, LoginFailureItem,
+                                       MembershipItem, NamespaceItem, RepoItem, UserIndexItem,
+                                       UserItem, ns_pk, user_pk)
 
 ROLES = {"owner": frozenset({PULL, PUSH, DELETE}), "push": frozenset({PULL, PUSH, DELETE}),
          "pull": frozenset({PULL})}
@@ -73,12 +73,26 @@ def create_user(username: str, password: str, *, admin: bool = False,
     user = UserItem(user_pk(username), "user", created=time.time(), admin=admin, disabled=False,
                     password_hash=passwords.hash_password(password, log2_n=log2_n))
     try:
-        user.save(condition=UserItem.pk.does_not_exist())
-    except PutError as exc:
-        if is_condition_failure(exc):
+        with TransactWrite(connection=connection()) as tx:
+            tx.save(user, condition=UserItem.pk.does_not_exist())
+            tx.save(UserIndexItem(USERS_PK, username))
+    except TransactWriteError as exc:
+        if "ConditionalCheckFailed" in str(exc.cancellation_reasons or exc):
             raise AccountError(f"user {username!r} already exists") from None
         raise
     return user
+
+
+def list_users(limit: int, after: Optional[str] = None) -> Tuple[List[UserItem], bool]:
+    """Up to `limit` users in name order after `after`, and whether more follow: one Query of
+    the index partition and one BatchGet, whatever the table holds."""
+    condition = UserIndexItem.sk > after if after else None
+    names = [i.sk for i in UserIndexItem.query(USERS_PK, condition, limit=limit + 1,
+                                               attributes_to_get=["sk"])]
+    more = len(names) > limit
+    names = names[:limit]
+    found = {u.pk: u for u in UserItem.batch_get([(user_pk(n), "user") for n in names])}
+    return [found[user_pk(n)] for n in names if user_pk(n) in found], more
 
 
 def set_password(username: str, password: str,

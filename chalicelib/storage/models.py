@@ -189,6 +189,7 @@ class UploadItem(_Base):
 
 # ---------------------------------------------------------------- accounts (auth)
 #
+#  _users             <name>               UserIndexItem  (the admin's user list)
 #  user#<name>        user                 UserItem
 #  user#<name>        ns#<namespace>       MembershipItem (the user's view: "my namespaces")
 #  user#<name>        token#<id>           AccessTokenItem
@@ -202,6 +203,13 @@ def user_pk(name: str) -> str:
 
 def ns_pk(namespace: str) -> str:
     return f"ns#{namespace}"
+
+
+USERS_PK = "_users"
+
+
+class UserIndexItem(_Base):
+    """pk `_users`, sk <name>: the list of users, sorted, without scanning the table."""
 
 
 class UserItem(_Base):

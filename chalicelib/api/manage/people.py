@@ -15,8 +15,6 @@ from chalicelib.storage import metadata, stats
 from chalicelib.storage.models import MembershipItem, NamespaceItem, UserItem, ns_pk, user_pk
 
 NAMESPACES_PER_USER = 5      # namespaces a non-admin user may own
-USER_SCAN_LIMIT = 1000       # items one Scan call of the user listing evaluates
-USER_SCANS = 5               # Scan calls one page of the user listing may take, at most
 
 
 def _time(value) -> Optional[float]:
@@ -188,35 +186,19 @@ def _user_json(item: UserItem) -> dict:
 
 
 @endpoint("GET", r"users", "users",
-          "Administrators: list users (a filtered Scan of the table, paginated)",
+          "Administrators: list users in name order (paginated; one Query and one BatchGet)",
           query=["limit", "cursor"])
 def list_users(request: Request, caller: Caller) -> dict:
     _require_admin(caller)
     limit = limit_arg(request, 100, 1000)
     cursor = request.arg("cursor") or None
-    start = None
+    after = None
     if cursor:
         after = stats.decode_cursor(cursor)
         if after is None or not oci.is_valid_username(after):
             raise bad("this cursor is not one this API returned", "cursor")
-        start = {"pk": {"S": user_pk(after)}, "sk": {"S": "user"}}
-    conn = UserItem._get_connection()
-    users: List[UserItem] = []
-    for _ in range(USER_SCANS):
-        answer = conn.scan(filter_condition=UserItem.pk.startswith("user#") & (
-            UserItem.sk == "user"), exclusive_start_key=start, limit=USER_SCAN_LIMIT)
-        users += [UserItem.from_raw_data(raw) for raw in answer.get("Items", [])]
-        start = answer.get("LastEvaluatedKey")
-        if not start or len(users) >= limit:
-            break
-    users.sort(key=lambda u: u.pk)
-    next_cursor = None
-    if len(users) > limit:
-        users = users[:limit]
-    if start is not None:
-        last = users[-1].pk if users else start["pk"]["S"]
-        next_cursor = stats.encode_cursor(last[len("user#"):]) if last.startswith(
-            "user#") else None
+    users, more = accounts.list_users(limit, after)
+    next_cursor = stats.encode_cursor(users[-1].pk[len("user#"):]) if more and users else None
     return {"users": [_user_json(u) for u in users], "next_cursor": next_cursor}
 
 
