@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     from moto import mock_aws
-    from tests.support.moto_dynamodb import serialized
+    from berth_local.moto_dynamodb import serialized
     started = time.perf_counter()
     with mock_aws(), serialized():
         from chalicelib import gc

@@ -30,9 +30,14 @@ def _wait_until_up(endpoint: str, timeout: float = 30.0) -> None:
 
 
 def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, subprocess.Popen]:
-    """Start moto's server as a child process, so its memory is not counted as the registry's."""
+    """Start moto's server as a child process, so its memory is not counted as the registry's.
+
+    It runs with DynamoDB requests serialized (berth_local/moto_dynamodb.py): moto alone lets a
+    failed transaction undo other clients' concurrent writes, which parallel pushes would hit.
+    """
     port = port or free_port(host)
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "berth_local.moto_server", "-H", host,
+                             "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://{host}:{port}"
     try:
@@ -44,8 +49,12 @@ def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, sub
 
 
 def start_moto_thread(host: str = "127.0.0.1"):
-    """Start moto in this process (fast; for tests). Returns (endpoint, server)."""
+    """Start moto in this process (fast; for tests), with DynamoDB requests serialized for the
+    rest of the process (see start_moto_process). Returns (endpoint, server)."""
     from moto.server import ThreadedMotoServer
+
+    from berth_local.moto_dynamodb import serialized
+    serialized().__enter__()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()

@@ -2,7 +2,7 @@
 at every step, a manifest PUT racing a sweep at every point, and everything at once on threads.
 
 Berth is the in-process `registry` fixture over moto. moto's DynamoDB is made linearizable for
-this module (tests/support/moto_dynamodb.py): unpatched, a failed transaction in moto undoes
+this module (berth_local/moto_dynamodb.py): unpatched, a failed transaction in moto undoes
 other threads' writes. Sweeps run in this process against the same moto; `now=` judges the
 policies at a later time instead of waiting, and the `clock` fixture moves the wall clock of the
 claims' leases (and makes waiting for a lease instantaneous).
@@ -28,7 +28,7 @@ from chalicelib import gc, manifests, uploads
 from chalicelib.errors import RegistryError
 from chalicelib.storage import blobstore, metadata
 from chalicelib.storage.models import DELETING, UPLOADS_PK, UploadItem
-from tests.support.moto_dynamodb import serialized
+from berth_local.moto_dynamodb import serialized
 from tests.support.registry_api import (ADMIN, RegistryClient, absolute, error_code, http,
                                         image_manifest, push_blob, sha256)
 

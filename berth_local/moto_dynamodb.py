@@ -1,4 +1,4 @@
-"""moto's DynamoDB made linearizable, as DynamoDB is, for tests that race writers.
+"""moto's DynamoDB made linearizable, as DynamoDB is: for `make run`, tests and benchmarks.
 
 moto (5.x) serves requests on many threads without a lock, and runs TransactWriteItems item by
 item after a deep copy of the whole table, restoring that copy when a condition fails: a failed
@@ -6,7 +6,7 @@ transaction then silently undoes every write other threads made in between, and 
 costs time proportional to the table. Real DynamoDB transactions are serializable. `serialized()`
 runs every DynamoDB request under one lock and replaces TransactWriteItems with check-then-apply
 under that lock (no copy). It patches the moto in this process: the `registry` fixture's
-ThreadedMotoServer, or `mock_aws`.
+ThreadedMotoServer, `mock_aws`, or the server `make run` starts (berth_local/moto_server.py).
 """
 from __future__ import annotations
 
