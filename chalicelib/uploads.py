@@ -12,6 +12,7 @@ assembled object is read back from S3 and hashed at commit time: slower, never w
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -112,6 +113,31 @@ def _staging_key(session: UploadItem, what: str) -> str:
     return blobstore.upload_prefix(session.sk) + what
 
 
+def _staging_gone(exc: Exception) -> bool:
+    """S3 no longer has the session's multipart upload or tail: aborted by the bucket's
+    lifecycle rule or by garbage collection of an abandoned session."""
+    error = getattr(exc, "response", None) or {}
+    return error.get("Error", {}).get("Code") in ("NoSuchUpload", "NoSuchKey")
+
+
+def _expires_cleanly(operation):
+    """An upload whose staged data has expired is unknown now (404), not a server error."""
+    @functools.wraps(operation)
+    def wrapper(session: UploadItem, *args, **kwargs):
+        from botocore.exceptions import ClientError
+        try:
+            return operation(session, *args, **kwargs)
+        except ClientError as exc:
+            if not _staging_gone(exc):
+                raise
+            finish(session)
+            raise RegistryError("BLOB_UPLOAD_UNKNOWN", "this upload expired (its staged data was "
+                                "removed); start the upload again",
+                                detail={"uuid": session.sk}) from None
+    return wrapper
+
+
+@_expires_cleanly
 def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None) -> UploadItem:
     """Add `data` at the end of the session; `start_offset` (from Content-Range) must be the end."""
     if start_offset is not None and start_offset != session.offset:
@@ -162,6 +188,7 @@ def _write_part(session: UploadItem, data: bytes) -> None:
     session.parts = list(session.parts) + [[number, etag, len(data)]]
 
 
+@_expires_cleanly
 def commit(session: UploadItem, digest: str, final_data: bytes = b"") -> None:
     """Finish the upload as blob `digest`: verify, store content-addressed, link, clean up."""
     algorithm, _ = oci.parse_digest(digest)

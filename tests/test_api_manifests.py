@@ -306,3 +306,18 @@ def test_concurrent_pushes_of_one_tag_leave_it_on_a_stored_manifest(registry):
     r = http.get(f"{registry}/v2/m/race/manifests/contested")
     assert r.status_code == 200 and r.content in bodies
     assert r.headers["Docker-Content-Digest"] == sha256(r.content)
+
+
+def test_a_referrer_with_huge_annotations_is_listed_with_them(registry):
+    """DynamoDB items stop at 400 KB: annotations that big are served from the manifest itself."""
+    subject = sha256(b"some subject")
+    empty = push_blob(registry, "m/bigrefs", b"{}")
+    annotations = {"org.example.note": "n" * (500 * 1024)}
+    body = json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [], "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 1},
+        "annotations": annotations}).encode()
+    assert put_manifest(registry, "m/bigrefs", sha256(body), body).status_code == 201
+    listed = http.get(f"{registry}/v2/m/bigrefs/referrers/{subject}").json()["manifests"]
+    assert [(d["digest"], d["annotations"]) for d in listed] == [(sha256(body), annotations)]

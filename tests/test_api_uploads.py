@@ -214,3 +214,20 @@ def test_blob_requests_cost_at_most_two_dynamodb_reads_and_no_s3_call(registry, 
         assert r.status_code in (200, 307)
         assert aws_calls.count("dynamodb") <= 2, aws_calls.calls
         assert aws_calls.count("s3") == 0, aws_calls.calls
+
+
+def test_an_upload_whose_staged_data_expired_is_unknown_not_a_server_error(registry):
+    """Staged data can vanish under a session (the bucket's lifecycle rule aborts multipart
+    uploads after a day; garbage collection cleans abandoned sessions): a client coming back to
+    it gets BLOB_UPLOAD_UNKNOWN and can start again. (moto answers an UploadPart to an aborted
+    multipart upload with a 500 instead of S3's NoSuchUpload, so the vanished tail stands in.)"""
+    from chalicelib import uploads
+    from chalicelib.storage import blobstore
+    url = start(registry, "up/expired")
+    http.patch(url, data=os.urandom(MiB))
+    session = uploads.load("up/expired", url.rsplit("/", 1)[1])
+    blobstore.delete_object(session.tail_key)
+    r = http.patch(url, data=os.urandom(MiB))
+    assert r.status_code == 404 and error_code(r) == "BLOB_UPLOAD_UNKNOWN"
+    assert "expired" in r.json()["errors"][0]["message"]
+    assert error_code(http.get(url)) == "BLOB_UPLOAD_UNKNOWN"   # the session is gone too

@@ -22,8 +22,9 @@ def referrers(request: Request) -> Response:
                       "size": int(item.size)}
         if item.artifact_type:
             descriptor["artifactType"] = item.artifact_type
-        if item.annotations:
-            descriptor["annotations"] = item.annotations
+        annotations = metadata.referrer_annotations(request.name, item)
+        if annotations:
+            descriptor["annotations"] = annotations
         descriptors.append(descriptor)
     headers = {"OCI-Filters-Applied": "artifactType"} if wanted else {}
     index = {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": descriptors}

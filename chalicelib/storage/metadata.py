@@ -15,6 +15,7 @@ agree with (chalicelib/gc.py has the whole argument):
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from chalicelib.storage.models import (BLOB_SK, DELETING, DEREF, GC_PK, REPOS_PK
                                        tag_sk)
 
 _TRANSACTION_MAX = 100
+REFERRER_ANNOTATIONS_MAX = 64 * 1024   # bigger ones stay in the manifest only
 _DELETE_RETRIES = 5
 _PUT_RETRIES = 8
 _CONFLICT_RETRIES = 8
@@ -410,10 +412,13 @@ def _tag_and_companions(tx: Tx, repo: str, record: ManifestRecord, tag: Optional
     else:
         tx.put(("untag", record.digest), GcQueueItem(GC_PK, gc_untag_sk(now, repo, record.digest)))
     if record.subject:
+        small = len(json.dumps(record.annotations or {})) <= REFERRER_ANNOTATIONS_MAX
         tx.put(("referrer",), ReferrerItem(
             repo_pk(repo), referrer_prefix(record.subject) + record.digest,
             media_type=record.media_type, size=len(record.body),
-            artifact_type=record.artifact_type, annotations=record.annotations or None))
+            artifact_type=record.artifact_type,
+            annotations=(record.annotations or None) if small else None,
+            annotations_in_manifest=None if small else True))
     tx.update(("repo",), RepoItem(REPOS_PK, repo), [RepoItem.created.set(RepoItem.created | now),
                                                     RepoItem.updated.set(now)])
 
@@ -652,6 +657,16 @@ def list_tags(repo: str, n: int, last: Optional[str]) -> Tuple[List[str], bool]:
 
 def list_repositories(n: int, last: Optional[str]) -> Tuple[List[str], bool]:
     return _page(RepoItem, REPOS_PK, "", last, n)
+
+
+def referrer_annotations(repo: str, item: ReferrerItem) -> Optional[dict]:
+    """A referrer's annotations: copied into its item, or, when too big, from its manifest."""
+    if not item.annotations_in_manifest:
+        return item.annotations
+    manifest = get_manifest(repo, item.sk.rsplit("#", 1)[1])
+    if manifest is None:
+        return None
+    return json.loads(manifest_bytes(manifest)).get("annotations")
 
 
 def list_referrers(repo: str, subject: str) -> List[ReferrerItem]:

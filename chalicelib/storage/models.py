@@ -156,6 +156,8 @@ class ReferrerItem(_Base):
     size = NumberAttribute()
     artifact_type = UnicodeAttribute(null=True)
     annotations = JSONAttribute(null=True)
+    # Annotations too big to copy here (items stop at 400 KB) are read from the manifest.
+    annotations_in_manifest = BooleanAttribute(null=True)
 
 
 class BlobItem(_Base):
