@@ -62,6 +62,18 @@ def main() -> None:
         lines += ["", f"Cold start: importing app.py takes {cold['berth_import_ms']} ms against "
                   f"{cold['bare_chalice_boto3_import_ms']} ms for a bare Chalice app importing boto3: "
                   f"**{cold['ratio']}×** (target ≤ 1.5×: {verdict})."]
+    gc_path = os.path.join(out, "gc.json")
+    if os.path.exists(gc_path):
+        g = load(gc_path)
+        lines += ["", f"Garbage collection over a registry of {g['registry']['manifests']:,} manifests "
+                  "(DynamoDB requests / estimated read units):", "",
+                  "| sweep | requests | read units | blobs deleted |", "|---|---:|---:|---:|",
+                  f"| nothing deleted | {g['idle']['dynamodb_requests']} | "
+                  f"{g['idle']['dynamodb_read_units_estimated']} | 0 |",
+                  f"| after 10 image deletes | {g['sweep']['dynamodb_requests']} | "
+                  f"{g['sweep']['dynamodb_read_units_estimated']} | {g['sweep']['blobs_deleted']} |",
+                  f"| (one full table scan, for scale) | {g['scan']['dynamodb_requests']} | "
+                  f"{g['scan']['dynamodb_read_units_estimated']} | |"]
     proxy_path = os.path.join(out, "proxy-bench.json")
     if os.path.exists(proxy_path):
         proxy = load(proxy_path)

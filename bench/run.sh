@@ -43,6 +43,9 @@ echo "== token verification cost (in-process, moto)" >&2
 echo "== cold start: import time of app.py against a bare Chalice app importing boto3" >&2
 .venv/bin/python bench/coldstart.py --out "$out/coldstart.json"
 
+echo "== garbage collection: DynamoDB cost of a sweep over 10,000 manifests" >&2
+.venv/bin/python bench/gc_bench.py --out "$out/gc.json"
+
 echo "== berth proxy: 200 MiB push through the proxy to a 6 MiB-limited Berth vs direct" >&2
 .venv/bin/python bench/proxy_bench.py --out "$out/proxy-bench.json"
 
