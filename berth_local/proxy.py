@@ -43,6 +43,7 @@ from typing import Callable, Iterable, Iterator, Optional, TextIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from berth_local.bodies import PieceReader
+from berth_local.gateway import split_query
 from berth_local.cli import CliError, command
 
 __all__ = ["ProxyServer", "Upstream", "start_proxy", "parse_upstream", "parse_listen",
@@ -109,15 +110,6 @@ def connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
         if key.lower() == "connection":
             tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
     return tokens
-
-
-def split_query(query: str, name: str) -> tuple[str, str]:
-    """Split a raw query into (items named `name`, the other items), keeping their encoding."""
-    matching, others = [], []
-    for item in (i for i in query.split("&") if i):
-        key = unquote(item.split("=", 1)[0].replace("+", " "))
-        (matching if key == name else others).append(item)
-    return "&".join(matching), "&".join(others)
 
 
 def join_target(path: str, query: str) -> str:

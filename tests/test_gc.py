@@ -13,7 +13,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -38,7 +37,6 @@ ACCEPT = ", ".join([OCI_MANIFEST, OCI_INDEX,
                     "application/vnd.docker.distribution.manifest.v2+json",
                     "application/vnd.docker.distribution.manifest.list.v2+json"])
 MiB = 1 << 20
-ROOT = Path(__file__).resolve().parent.parent
 
 # Invariants that must hold after any sequence of pushes, deletes, sweeps and crashes.
 INVARIANTS = ("links_to_missing_blobs", "links_without_reverse", "live_blobs_without_object",
@@ -781,29 +779,6 @@ def test_concurrent_pushes_moves_deletes_and_sweeps(registry, monkeypatch):
 
 
 # ---------------------------------------------------------------- (g) berth gc / berth stats
-
-@pytest.fixture(scope="module")
-def make_run(tmp_path_factory):
-    """`python -m berth_local.run` (what `make run` runs) on a free port, as in test_make_run."""
-    from berth_local.backend import free_port
-    from tests.test_make_run import _wait_for
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
-               BERTH_ADMIN_USER="runadmin", BERTH_ADMIN_PASSWORD="run-admin-password")
-    for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):
-        env.pop(name, None)
-    log = tmp_path_factory.mktemp("gc-make-run") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url + "/v2/", proc, log)
-        yield url, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-
 
 def _berth(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()

@@ -3,60 +3,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from berth_local.backend import free_port
 from tests.support.clients import ClientError, Podman, layout_digests, skopeo_copy
 from tests.support.images import build_image
 
 MiB = 1 << 20
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
-
-
-@pytest.fixture(scope="module")
-def make_run(tmp_path_factory):
-    """Start `python -m berth_local.run` (what `make run` runs) on a free port."""
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
-               BERTH_ADMIN_USER="runadmin", BERTH_ADMIN_PASSWORD="run-admin-password")
-    for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):   # it must set up its own
-        env.pop(name, None)
-    log = tmp_path_factory.mktemp("make-run") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(url + "/v2/", proc, log)
-        yield url, log
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=20)
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"berth_local.run exited:\n{log.read_text()}")
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except urllib.error.HTTPError:   # 401 before login: it is up
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"no answer from {url}:\n{log.read_text()}")
 
 
 def test_it_prints_the_registry_and_moto_urls(make_run):
