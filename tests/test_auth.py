@@ -304,3 +304,20 @@ def test_passwords_are_hashed_with_scrypt_and_never_logged(registry, caplog):
     requests.get(f"{registry}/v2/x/y/tags/list", headers=bearer(answer))
     logged = caplog.text
     assert PASSWORD not in logged and secret_token not in logged and answer not in logged
+
+
+def test_repeated_logins_skip_the_kdf_but_a_password_change_takes_effect_at_once(registry):
+    from chalicelib.auth import passwords
+    user = new_user()
+    calls = []
+    real = passwords.verify_password
+    passwords.verify_password = lambda pw, stored: calls.append(1) or real(pw, stored)
+    try:
+        for _ in range(3):
+            assert token(registry, [], auth=(user, PASSWORD)).status_code == 200
+        assert len(calls) == 1                   # scrypt ran once, not three times
+        accounts.set_password(user, "a brand new password", log2_n=10)
+        assert token(registry, [], auth=(user, PASSWORD)).status_code == 401
+        assert token(registry, [], auth=(user, "a brand new password")).status_code == 200
+    finally:
+        passwords.verify_password = real

@@ -271,7 +271,7 @@ def authenticate(username: str, password: str, address: Optional[str]) -> Princi
         scope = _check_access_token(username, password)
         ok = scope is not None
     else:
-        ok = passwords.verify_password(password, user.password_hash)
+        ok = passwords.verify_password_cached(password, user.password_hash)
     if not ok:
         for kind, key, _ in keys:
             _record_failure(kind, key)

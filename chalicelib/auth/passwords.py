@@ -39,6 +39,32 @@ def verify_password(password: str, stored: str) -> bool:
         return False
 
 
+# Clients send the password again with every token request (each push or pull), so a Lambda
+# instance remembers, for a minute, that this exact password matched this exact stored hash: a
+# keyed hash of both (the key is random per process, so nothing here can be reversed or reused),
+# never the password. A password change alters the stored hash and so misses the cache at once.
+_VERIFIED_TTL = 60.0
+_VERIFIED_MAX = 1024
+_verified: dict = {}
+_verified_key = secrets.token_bytes(32)
+
+
+def verify_password_cached(password: str, stored: str) -> bool:
+    """verify_password, without repeating the KDF for a match seen in the last minute."""
+    import time
+    token = hmac.new(_verified_key, password.encode("utf-8") + b"\0" + stored.encode(),
+                     hashlib.sha256).digest()
+    now = time.monotonic()
+    if _verified.get(token, 0.0) > now:
+        return True
+    if not verify_password(password, stored):
+        return False
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[token] = now + _VERIFIED_TTL
+    return True
+
+
 # Verified against when the user does not exist, so that the answer takes as long either way.
 _DUMMY_HASH = None
 
