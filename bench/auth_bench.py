@@ -94,7 +94,8 @@ def main() -> None:
     result = {"manifest_get_rps_with_token": round(with_token, 1),
               "manifest_get_rps_without_auth": round(without, 1),
               "ratio": round(with_token / without, 3),
-              "login_seconds_median": round(statistics.median(logins), 3)}
+              "first_login_seconds": round(logins[0], 3),
+              "repeated_login_seconds_median": round(statistics.median(logins[1:]), 3)}
     server.stop()
     print(json.dumps(result))
     if args.out:
