@@ -297,12 +297,22 @@ def test_passwords_are_hashed_with_scrypt_and_never_logged(registry, caplog):
     stored = accounts.get_user(user).password_hash
     assert stored.startswith("scrypt$") and PASSWORD not in stored
     caplog.set_level(logging.DEBUG)
-    secret_token = accounts.create_access_token(user, "logged?", "pull")
-    token(registry, [], auth=(user, PASSWORD))
-    token(registry, [], auth=(user, secret_token))
-    answer = token(registry, ["repository:x/y:pull"], auth=(user, PASSWORD)).json()["token"]
-    requests.get(f"{registry}/v2/x/y/tags/list", headers=bearer(answer))
+    # The access log and Chalice's app log do not propagate to the root logger: listen directly.
+    quiet = [logging.getLogger(name) for name in ("berth.access", "berth")]
+    for logger in quiet:
+        logger.addHandler(caplog.handler)
+    try:
+        secret_token = accounts.create_access_token(user, "logged?", "pull")
+        token(registry, [], auth=(user, PASSWORD))
+        token(registry, [], auth=(user, secret_token))
+        answer = token(registry, ["repository:x/y:pull"], auth=(user, PASSWORD)).json()["token"]
+        requests.get(f"{registry}/v2/x/y/tags/list", headers=bearer(answer))
+    finally:
+        for logger in quiet:
+            logger.removeHandler(caplog.handler)
     logged = caplog.text
+    # The requests were logged (so the check below looks at real log lines), with their user.
+    assert '"route": "/v2/_berth/token"' in logged and f'"user": "{user}"' in logged
     assert PASSWORD not in logged and secret_token not in logged and answer not in logged
 
 
