@@ -19,7 +19,7 @@ The server is the standard library's ThreadingHTTPServer speaking HTTP/1.1 with 
 (chunked request bodies are de-chunked here), rather than waitress, which spools a whole body
 to disk before the application sees it (the client's upload and the upstream upload would then
 run one after the other instead of overlapping). A TLS ClientHello on the plain port (skopeo and
-podman try HTTPS first) is answered at once with a TLS alert, so that they fall back to HTTP
+podman try HTTPS first) is answered at once with a plain HTTP 400, so that they (and the docker CLI) fall back to HTTP
 without waiting for their 10 s handshake timeout.
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from berth_local.bodies import PieceReader
 from berth_local.gateway import split_query
+from berth_local.serve import PLAIN_HTTP_ANSWER_TO_TLS, TLS_HANDSHAKE_RECORD
 from berth_local.cli import CliError, command
 
 __all__ = ["ProxyServer", "Upstream", "start_proxy", "parse_upstream", "parse_listen",
@@ -77,9 +78,6 @@ _NOT_FORWARDED = HOP_BY_HOP | {"host", "expect", "content-length"}
 _BODY_HEADERS = frozenset({"content-length", "content-range", "content-type", "content-md5",
                            "digest", "content-encoding"})
 
-_TLS_HANDSHAKE_RECORD = 0x16
-# A TLS 1.0-framed fatal "handshake_failure" alert (see berth_local/serve.py PlainHTTPChannel).
-_TLS_FATAL_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
 
 Headers = list[tuple[str, str]]
 
@@ -1050,11 +1048,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
             return
         if not first:
             return
-        if first[0] == _TLS_HANDSHAKE_RECORD:
-            # skopeo/podman try TLS first; fail the handshake at once so they fall back to HTTP
-            log.debug("refusing a TLS handshake from %s on the plain-HTTP port", self.client_address)
+        if first[0] == TLS_HANDSHAKE_RECORD:
+            # skopeo/podman and the docker CLI try TLS first: answer so they fall back to HTTP
+            log.debug("answering a TLS handshake from %s with plain HTTP 400", self.client_address)
             try:
-                self.connection.sendall(_TLS_FATAL_ALERT)
+                self.connection.sendall(PLAIN_HTTP_ANSWER_TO_TLS)
             except OSError:
                 pass
             self.close_connection = True

@@ -36,18 +36,22 @@ WAITRESS_OPTIONS: dict[str, Any] = {
     "ident": "berth-local",
 }
 
-_TLS_HANDSHAKE_RECORD = 0x16
-# A TLS 1.0-framed fatal "handshake_failure" alert: content type 21, version 3.1, length 2.
-_TLS_FATAL_ALERT = bytes([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28])
+TLS_HANDSHAKE_RECORD = 0x16
+# What a plain-HTTP port answers to a TLS ClientHello. Go's TLS client reports a reply that looks
+# like HTTP as "server gave HTTP response to HTTPS client", the one error on which the docker CLI
+# (`docker manifest ...`) falls back to plain HTTP; a TLS alert made it give up instead.
+# skopeo/podman fall back to HTTP on either. Used by `make run` and `berth proxy`.
+PLAIN_HTTP_ANSWER_TO_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                            b"Connection: close\r\n\r\nThis port speaks plain HTTP, not TLS.\n")
 
 
 class PlainHTTPChannel(HTTPChannel):
     """An HTTP channel that turns TLS away immediately.
 
-    skopeo/podman with `--tls-verify=false` first try HTTPS on the registry's port and fall back
-    to HTTP only when that fails. waitress would keep waiting for the end of an HTTP header that
-    a TLS ClientHello never contains, so every client run stalled for Go's 10 s TLS handshake
-    timeout. Answering with a fatal TLS alert makes the handshake fail at once.
+    skopeo/podman with `--tls-verify=false`, and the docker CLI, first try HTTPS on the
+    registry's port and fall back to HTTP only when that fails. waitress would keep waiting for
+    the end of an HTTP header that a TLS ClientHello never contains, so every client run stalled
+    for Go's 10 s TLS handshake timeout. Answering with a plain HTTP 400 ends the handshake at once.
     """
 
     _first_bytes_seen = False
@@ -55,15 +59,15 @@ class PlainHTTPChannel(HTTPChannel):
     def received(self, data: bytes) -> bool:
         if not self._first_bytes_seen and data:
             self._first_bytes_seen = True
-            if data[0] == _TLS_HANDSHAKE_RECORD:
+            if data[0] == TLS_HANDSHAKE_RECORD:
                 self._refuse_tls()
                 return False
         return super().received(data)
 
     def _refuse_tls(self) -> None:
-        log.debug("refusing a TLS handshake from %s on the plain-HTTP port", self.addr)
+        log.debug("answering a TLS handshake from %s with plain HTTP 400", self.addr)
         try:
-            self.socket.send(_TLS_FATAL_ALERT)
+            self.socket.send(PLAIN_HTTP_ANSWER_TO_TLS)
         except OSError:
             pass
         self.handle_close()

@@ -6,8 +6,10 @@ need=()
 command -v skopeo >/dev/null || need+=(skopeo)
 command -v podman >/dev/null || need+=(podman)
 command -v chromium >/dev/null || need+=(chromium)   # the console browser test (Playwright)
+command -v dockerd >/dev/null || need+=(docker.io)    # the real docker engine (tests start their own dockerd)
+command -v ctr >/dev/null || need+=(containerd)       # containerd's ctr client
+command -v docker-registry >/dev/null || need+=(docker-registry)   # reference registry (self-checks, bench)
 if [ "${BERTH_BENCH_DEPS:-}" = 1 ]; then
-  command -v docker-registry >/dev/null || need+=(docker-registry)
   command -v wrk >/dev/null || need+=(wrk)
   command -v hey >/dev/null || need+=(hey)
 fi

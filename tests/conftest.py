@@ -147,3 +147,16 @@ def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"no answer from {url}:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory):
+    """A private dockerd for the session (tests/support/dockerd.py). `make test` installs
+    docker.io; a machine without it fails here rather than skipping."""
+    from tests.support.dockerd import DockerEngine, have_dockerd
+    assert have_dockerd(), "dockerd/docker missing: run `make system-deps` (installs docker.io)"
+    engine = DockerEngine(tmp_path_factory.mktemp("dockerd")).start()
+    try:
+        yield engine
+    finally:
+        engine.stop()

@@ -471,13 +471,17 @@ def test_expect_100_continue_is_answered_by_waitress(default: Running) -> None:
 
 
 def test_tls_on_the_plain_http_port_is_refused_at_once(default: Running) -> None:
-    """skopeo/podman try HTTPS first; a hanging handshake used to cost them 10 s per run."""
+    """skopeo/podman and the docker CLI try HTTPS first; a hanging handshake used to cost them
+    10 s per run, and only a reply that looks like HTTP makes the docker CLI fall back."""
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", default.port), timeout=5) as sock:
-        with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+        with pytest.raises(ssl.SSLError, match="WRONG_VERSION_NUMBER|record layer failure"):
             context.wrap_socket(sock)
+    with socket.create_connection(("127.0.0.1", default.port), timeout=5) as sock:
+        sock.sendall(bytes([0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x01, 0x00]))
+        assert sock.recv(100).startswith(b"HTTP/1.0 400 Bad Request\r\n")
     assert time.monotonic() - started < 1
     assert requests.get(default.url + "/v2/").status_code == 200
 
