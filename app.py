@@ -4,11 +4,16 @@ This file only wires routes to the handlers in chalicelib/. The routes are relat
 Gateway stage, which is named `v2`: https://<api>.execute-api.<region>.amazonaws.com/v2/ is then
 the registry's /v2/ (a Docker image reference cannot carry a path before /v2/), and a custom
 domain maps its base path `v2` to the stage. The local gateway serves the app the same way.
+
+The registry routes sit behind a Lambda authorizer so that API Gateway itself sends the Bearer
+challenge (it renames a Lambda's WWW-Authenticate); `/_berth/...` (token endpoint, console,
+management API) has none. chalicelib/frontdoor.py explains the front door.
 """
 import os
 
 from chalice import Chalice, Rate
 
+from chalicelib import frontdoor
 from chalicelib.api import dispatch
 
 app = Chalice(app_name="berth")
@@ -16,16 +21,30 @@ dispatch.configure_logging(os.environ.get("BERTH_LOG_LEVEL", "INFO"))
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@app.route("/", methods=["GET", "HEAD"])
+@app.authorizer(name=frontdoor.AUTHORIZER_NAME, ttl_seconds=frontdoor.AUTHORIZER_TTL_SECONDS,
+                header=frontdoor.AUTHORIZER_HEADER)
+def registry_auth(auth_request):
+    from chalicelib.auth import authorizer
+    return authorizer.authorize(auth_request)
+
+
+@app.route("/", methods=["GET", "HEAD"], authorizer=registry_auth)
 def api_base():
     return dispatch.handle(app.current_request, "")
 
 
 # Any Content-Type: blobs are octet-streams, manifests carry their own media types.
-@app.route("/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])
+@app.route("/{proxy+}", methods=ALL_METHODS, content_types=["*/*"], authorizer=registry_auth)
 def api_v2():
     request = app.current_request
     return dispatch.handle(request, request.uri_params["proxy"])
+
+
+# The token endpoint, the console and the management API: reachable without a token.
+@app.route("/_berth/{proxy+}", methods=ALL_METHODS, content_types=["*/*"])
+def api_berth():
+    request = app.current_request
+    return dispatch.handle(request, "_berth/" + request.uri_params["proxy"])
 
 
 # Garbage collection (chalicelib/gc.py). Chalice reads the rate when it packages or deploys the

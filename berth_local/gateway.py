@@ -5,10 +5,18 @@ HEAD, matches `{proxy+}` as one segment and emulates no size limit (see field-no
 module builds the same v1 proxy event API Gateway would, calls `chalice_app(event, context)`
 exactly as Lambda does, and turns the returned dict back into an HTTP response.
 
-Two modes:
+Modes:
 
-* Lambda emulation (`max_body_bytes` set): bodies over the limit get 413 and non-binary bodies
-  are passed as lossy UTF-8 text, as API Gateway does, so what would break in AWS breaks here.
+* aws (`mode="aws"`, `BERTH_GATEWAY=aws make run`): the deployed path, rule by rule
+  (berth_local/aws_rules.py: payload limits counted on the event, body encoding by Content-Type
+  against binaryMediaTypes, response header remapping, base64 responses decoded only for a
+  matching Accept, the 29 s integration timeout, API Gateway's own 413/502/504 bodies) behind the
+  front door of chalicelib/frontdoor.py (binaryMediaTypes `*/*`, the TOKEN authorizer of the
+  registry routes run as API Gateway runs it, with its cache, and the UNAUTHORIZED Gateway
+  Response). `front_door=False` keeps the rules and removes the front door, to show what it
+  prevents.
+* Lambda size only (`max_body_bytes` set, local mode): bodies over the limit get 413 and
+  non-binary bodies are passed as lossy UTF-8 text.
 * Convenience (default): every body is passed base64 (nothing is mangled), and a blob upload
   larger than `piece_bytes` is cut into pieces sent through the registry's own chunked-upload
   protocol (PATCH ... PATCH, then PUT) -- the same requests a chunking client would make against
@@ -34,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Optional
 from urllib.parse import parse_qsl, quote, unquote, urljoin, urlsplit
 
+from berth_local import aws_rules
 from berth_local.bodies import PieceReader
 
 log = logging.getLogger(__name__)
@@ -67,30 +76,44 @@ Invoke = Callable[["Call"], "GatewayResponse"]
 # --------------------------------------------------------------------------------------------
 
 
+MODES = ("local", "aws")
+
+
 def make_wsgi_app(
     chalice_app: Any,
     *,
+    mode: str = "local",
     max_body_bytes: int | None = None,
     piece_bytes: int = 8 * MIB,
     stage: str = "v2",
-) -> Callable[[dict, Callable], Iterable[bytes]]:
+    front_door: bool = True,
+    public_url: str | None = None,
+    integration_timeout: float = aws_rules.INTEGRATION_TIMEOUT_SECONDS,
+) -> "Gateway":
     """Wrap a Chalice app as a WSGI callable that behaves like API Gateway + Lambda.
 
     The app is served under `/<stage>` as API Gateway serves a stage: Berth's stage is named
     `v2`, so the app's routes are `/` and `/{proxy+}` and `/v2/...` reaches them (a Docker image
     reference cannot carry a path before /v2/). Paths outside the stage get API Gateway's 403.
 
-    `max_body_bytes` switches on Lambda emulation (size limit, UTF-8 mangling of non-binary
-    bodies); `piece_bytes` is the largest body one event carries in convenience mode.
+    `mode="aws"` applies every rule of the deployed path (see the module docstring);
+    `front_door`, `public_url` (the realm of the Gateway Response's challenge; else taken from
+    the request's Host) and `integration_timeout` belong to it. `max_body_bytes` refuses bodies
+    over that size in either mode and, in local mode, mangles non-binary bodies as API Gateway
+    would; `piece_bytes` is the largest body one event carries in convenience mode.
     The app's `current_request`/`lambda_context` are made thread-local, because a WSGI server
     calls the one shared app object from many threads at once while Lambda never does.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if piece_bytes <= 0:
         raise ValueError("piece_bytes must be positive")
     if max_body_bytes is not None and max_body_bytes < 0:
         raise ValueError("max_body_bytes must not be negative")
     make_request_state_thread_local(chalice_app)
-    return Gateway(chalice_app, max_body_bytes=max_body_bytes, piece_bytes=piece_bytes, stage=stage)
+    return Gateway(chalice_app, mode=mode, max_body_bytes=max_body_bytes, piece_bytes=piece_bytes,
+                   stage=stage, front_door=front_door, public_url=public_url,
+                   integration_timeout=integration_timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,10 +479,11 @@ def make_context(function_name: str) -> LocalLambdaContext:
 
 
 def is_binary_media_type(content_type: Optional[str], binary_types: Iterable[str]) -> bool:
-    """API Gateway's test of a request Content-Type against the API's binaryMediaTypes.
+    """API Gateway's test of a request Content-Type (or an Accept type) against binaryMediaTypes.
 
     Only the media type counts (parameters are ignored); `*/*` matches everything, including a
-    missing Content-Type (as in Chalice's own check); `type/*` wildcards are honoured.
+    missing Content-Type (API Gateway reads it as application/json); `type/*` wildcards are
+    honoured.
     """
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     for pattern in binary_types:
@@ -515,6 +539,7 @@ def build_event(
     stage: str,
     body: Optional[str],
     is_base64: bool,
+    authorizer: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """The API Gateway REST API (v1) Lambda proxy event for one call."""
     headers: dict[str, str] = {}
@@ -559,6 +584,7 @@ def build_event(
             },
             "domainName": host,
             "apiId": "local",
+            **({"authorizer": authorizer} if authorizer is not None else {}),
         },
         "body": body,
         "isBase64Encoded": is_base64,
@@ -613,11 +639,13 @@ def lambda_payload_too_large(size: int, limit: int) -> GatewayResponse:
     return oci_error(413, "SIZE_INVALID", message, {"limit": limit})
 
 
-def response_from_lambda(result: Any) -> GatewayResponse:
+def response_from_lambda(result: Any, decode_base64: bool = True) -> GatewayResponse:
     """Turn a Lambda proxy response dict into HTTP, merging headers as API Gateway does.
 
     A header present in multiValueHeaders takes its values from there only; without any
-    Content-Type the answer is labelled application/json, API Gateway's default.
+    Content-Type the answer is labelled application/json, API Gateway's default. A base64 body
+    is decoded when `decode_base64`, else passed on as its base64 text, as API Gateway does when
+    the request's Accept does not match binaryMediaTypes.
     """
     if not isinstance(result, dict) or "statusCode" not in result:
         raise MalformedLambdaResponse(f"not a proxy response: {type(result).__name__}")
@@ -635,14 +663,14 @@ def response_from_lambda(result: Any) -> GatewayResponse:
         headers.extend((str(name), _header_value(v)) for v in (values or []))
     if _last_header(headers, "content-type") is None:
         headers.append(("Content-Type", "application/json"))
-    return GatewayResponse(status, tuple(headers), _response_body(result))
+    return GatewayResponse(status, tuple(headers), _response_body(result, decode_base64))
 
 
-def _response_body(result: Mapping[str, Any]) -> bytes:
+def _response_body(result: Mapping[str, Any], decode_base64: bool = True) -> bytes:
     body = result.get("body")
     if body is None:
         return b""
-    if result.get("isBase64Encoded"):
+    if result.get("isBase64Encoded") and decode_base64:
         try:
             return base64.b64decode(body, validate=False)
         except (binascii.Error, ValueError, TypeError) as exc:
@@ -812,11 +840,19 @@ def client_range_start(content_range: str, body_length: Optional[int]) -> Option
 class Gateway:
     """The WSGI callable returned by make_wsgi_app."""
 
-    def __init__(self, chalice_app: Any, *, max_body_bytes: Optional[int], piece_bytes: int, stage: str) -> None:
+    def __init__(self, chalice_app: Any, *, mode: str = "local", max_body_bytes: Optional[int],
+                 piece_bytes: int, stage: str, front_door: bool = True,
+                 public_url: Optional[str] = None,
+                 integration_timeout: float = aws_rules.INTEGRATION_TIMEOUT_SECONDS) -> None:
         self.app = chalice_app
+        self.mode = mode
         self.max_body_bytes = max_body_bytes
         self.piece_bytes = piece_bytes
         self.stage = stage
+        self.front_door = front_door
+        self.public_url = public_url
+        self.integration_timeout = integration_timeout
+        self._authorizers = AuthorizerCache()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
@@ -828,26 +864,53 @@ class Gateway:
         return start_wsgi_response(response, method, start_response)
 
     @property
+    def as_aws(self) -> bool:
+        return self.mode == "aws"
+
+    @property
     def emulating_lambda(self) -> bool:
-        return self.max_body_bytes is not None
+        """Whether non-binary request bodies are mangled into UTF-8 text, as API Gateway does."""
+        return self.as_aws or self.max_body_bytes is not None
+
+    @property
+    def binary_types(self) -> Iterable[str]:
+        """The API's binaryMediaTypes: the front door's in aws mode, else what Chalice deploys."""
+        if self.as_aws and self.front_door:
+            from chalicelib import frontdoor
+            return frontdoor.BINARY_MEDIA_TYPES
+        return self.app.api.binary_types
 
     def handle(self, environ: Mapping[str, Any]) -> GatewayResponse:
         client = ClientRequest.from_environ(environ)
         body = RequestBody.from_environ(environ)
         if self._route(client.method, client.raw_path) is None:
             return missing_authentication_token()
+        if self.max_body_bytes is not None and body.exceeds(self.max_body_bytes):
+            return self._refuse_oversized(client, body, self.max_body_bytes)
+        if self.as_aws:
+            return self._handle_as_aws(client, body)
         if self.max_body_bytes is not None:
-            return self._handle_with_lambda_limit(client, body, self.max_body_bytes)
+            return self.invoke(client.call(body.read_all()), client)
         return self._handle_with_pieces(client, body)
 
     # -- modes ---------------------------------------------------------------------------------
 
-    def _handle_with_lambda_limit(self, client: ClientRequest, body: RequestBody, limit: int) -> GatewayResponse:
-        if body.exceeds(limit):
+    def _refuse_oversized(self, client: ClientRequest, body: RequestBody, limit: int) -> GatewayResponse:
+        size = body.known_length if body.known_length is not None else body.drain()
+        log.info("413 for %s %s: %d bytes over the %d-byte limit", client.method, client.raw_path, size, limit)
+        return lambda_payload_too_large(size, limit)
+
+    def _handle_as_aws(self, client: ClientRequest, body: RequestBody) -> GatewayResponse:
+        """API Gateway's order: payload size, then the authorizer, then the integration."""
+        if body.exceeds(aws_rules.API_GATEWAY_MAX_PAYLOAD):
             size = body.known_length if body.known_length is not None else body.drain()
-            log.info("413 for %s %s: %d bytes over the %d-byte limit", client.method, client.raw_path, size, limit)
-            return lambda_payload_too_large(size, limit)
-        return self.invoke(client.call(body.read_all()), client)
+            log.info("413 (API Gateway payload limit) for %s %s: %d bytes", client.method, client.raw_path, size)
+            return api_gateway_answer(aws_rules.REQUEST_TOO_LONG)
+        call = client.call(body.read_all())
+        authorized = self._authorize(call, client)
+        if isinstance(authorized, GatewayResponse):
+            return authorized
+        return self.invoke(call, client, authorizer=authorized)
 
     def _handle_with_pieces(self, client: ClientRequest, body: RequestBody) -> GatewayResponse:
         if not body.exceeds(self.piece_bytes):
@@ -885,6 +948,45 @@ class Gateway:
             return post_monolithic(invoke, call, pieces)
         return None
 
+    # -- the front door's authorizer (aws mode) ------------------------------------------------
+
+    def _authorize(self, call: Call, client: ClientRequest) -> "dict[str, Any] | GatewayResponse | None":
+        """Run the route's TOKEN authorizer as API Gateway does: its context, or its refusal."""
+        route = self._route(call.method, call.raw_path)
+        entry = self.app.routes[route.resource][call.method] if route else None
+        authorizer = getattr(entry, "authorizer", None)
+        if not self.front_door or authorizer is None:
+            return None
+        from chalicelib import frontdoor
+        token = _last_header(call.headers, frontdoor.AUTHORIZER_HEADER)
+        if not token or not re.fullmatch(frontdoor.AUTHORIZER_TOKEN_PATTERN, token):
+            return self._gateway_response("UNAUTHORIZED", call)   # the function is not called
+        method_arn = (f"arn:aws:execute-api:local:123456789012:local/{self.stage}/{call.method}"
+                      f"{strip_stage(call.raw_path, self.stage) or '/'}")
+        ttl = getattr(authorizer.config, "ttl_seconds", None) or 0
+        outcome = self._authorizers.get_or_run(token, ttl, lambda: _run_authorizer(authorizer, token, method_arn))
+        if outcome == "Unauthorized":
+            return self._gateway_response("UNAUTHORIZED", call)
+        if not isinstance(outcome, dict):
+            return api_gateway_answer(aws_rules.AUTHORIZER_FAILURE, "AuthorizerConfigurationException")
+        if not _policy_allows(outcome.get("policyDocument"), method_arn):
+            return self._gateway_response("ACCESS_DENIED", call)
+        context = dict(outcome.get("context") or {})
+        context["principalId"] = outcome.get("principalId")
+        return context
+
+    def _gateway_response(self, kind: str, call: Call) -> GatewayResponse:
+        from chalicelib import frontdoor
+        from chalicelib.config import settings
+        public_url = self.public_url or settings().public_url
+        if not public_url:
+            public_url = f"http://{_last_header(call.headers, 'host') or 'localhost'}"
+        spec = frontdoor.GATEWAY_RESPONSES[kind]
+        headers = frontdoor.gateway_response_headers(kind, public_url, settings().service)
+        error_type = "UnauthorizedException" if kind == "UNAUTHORIZED" else "AccessDeniedException"
+        headers[aws_rules.ERROR_TYPE_HEADER] = error_type
+        return GatewayResponse(spec["status"], tuple(headers.items()), spec["body"].encode())
+
     # -- one Lambda invocation -----------------------------------------------------------------
 
     def _route(self, method: str, raw_path: str) -> Optional[RouteMatch]:
@@ -897,30 +999,153 @@ class Gateway:
             return None
         return route
 
-    def invoke(self, call: Call, client: ClientRequest) -> GatewayResponse:
+    def invoke(self, call: Call, client: ClientRequest,
+               authorizer: Optional[dict[str, Any]] = None) -> GatewayResponse:
         """Build the event for one call, run the app as Lambda would, and read its answer."""
         route = self._route(call.method, call.raw_path)
         if route is None:
             return missing_authentication_token()
-        binary = is_binary_media_type(_last_header(call.headers, "content-type"), self.app.api.binary_types)
+        content_type = _last_header(call.headers, "content-type")
+        if content_type is None and self.as_aws:
+            content_type = aws_rules.DEFAULT_REQUEST_CONTENT_TYPE
+        binary = is_binary_media_type(content_type, self.binary_types)
         body, is_base64 = encode_event_body(call.body, binary, self.emulating_lambda)
-        event = build_event(call, route, client=client, stage=self.stage, body=body, is_base64=is_base64)
-        context = make_context(getattr(self.app, "app_name", "berth"))
+        event = build_event(call, route, client=client, stage=self.stage, body=body,
+                            is_base64=is_base64, authorizer=authorizer)
+        if self.as_aws and _json_size(event) > aws_rules.LAMBDA_MAX_PAYLOAD:
+            log.info("413 (Lambda payload limit) for %s %s", call.method, call.raw_path)
+            return api_gateway_answer(aws_rules.REQUEST_TOO_LONG)
         started = time.monotonic()
         try:
-            result = self.app(event, context)
+            result = self._run_app(event)
+        except IntegrationTimeout:
+            log.warning("%s %s took over %.0f s: 504, as API Gateway answers", call.method,
+                        call.raw_path, self.integration_timeout)
+            return api_gateway_answer(aws_rules.ENDPOINT_TIMED_OUT)
         except Exception:
             log.exception("app raised on %s %s", call.method, call.raw_path)
+            if self.as_aws:   # an unhandled exception is a failed invocation: API Gateway's 502
+                return api_gateway_answer(aws_rules.INTERNAL_SERVER_ERROR)
             return oci_error(500, "UNKNOWN", "internal server error")
-        finally:
-            # Drop this thread's references to the request (and its body) right away.
-            self.app.current_request = None
-            self.app.lambda_context = None
         try:
-            response = response_from_lambda(result)
+            response = self._read_result(result, call)
         except MalformedLambdaResponse as exc:
             log.error("malformed Lambda response for %s %s: %s", call.method, call.raw_path, exc)
-            return json_response(502, {"message": "Internal server error"})
+            return api_gateway_answer(aws_rules.INTERNAL_SERVER_ERROR)
         log.debug("%s %s?%s -> %d (%d body bytes, %.1f ms)", call.method, call.raw_path, call.query,
                   response.status, len(call.body), (time.monotonic() - started) * 1000)
         return response
+
+    def _run_app(self, event: dict[str, Any]) -> Any:
+        """Call the app as Lambda does; in aws mode give up after the integration timeout (the
+        invocation runs on, as a Lambda does after API Gateway stopped waiting)."""
+        context = make_context(getattr(self.app, "app_name", "berth"))
+
+        def call() -> Any:
+            try:
+                return self.app(event, context)
+            finally:
+                # Drop this thread's references to the request (and its body) right away.
+                self.app.current_request = None
+                self.app.lambda_context = None
+        if not self.as_aws:
+            return call()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = call()
+            except BaseException as exc:  # re-raised in the caller's thread
+                outcome["error"] = exc
+        worker = threading.Thread(target=run, name="berth-lambda", daemon=True)
+        worker.start()
+        worker.join(self.integration_timeout)
+        if worker.is_alive():
+            raise IntegrationTimeout()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
+    def _read_result(self, result: Any, call: Call) -> GatewayResponse:
+        if not self.as_aws:
+            return response_from_lambda(result)
+        try:
+            size = _json_size(result)
+        except (TypeError, ValueError) as exc:
+            raise MalformedLambdaResponse(f"response is not JSON-serialisable: {exc}") from exc
+        if size > aws_rules.LAMBDA_MAX_PAYLOAD:
+            raise MalformedLambdaResponse(f"response of {size} bytes is over Lambda's limit")
+        accept = (_last_header(call.headers, "accept") or "").split(",", 1)[0]
+        decode = bool(accept.strip()) and is_binary_media_type(accept, self.binary_types)
+        response = response_from_lambda(result, decode_base64=decode)
+        headers = aws_rules.remap_response_headers(list(response.headers))
+        headers.append(("Date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())))
+        return dataclasses.replace(response, headers=tuple(headers))
+
+
+class IntegrationTimeout(Exception):
+    """The app took longer than API Gateway's integration timeout."""
+
+
+def api_gateway_answer(answer: tuple[int, bytes], error_type: Optional[str] = None) -> GatewayResponse:
+    """A response API Gateway makes itself (aws_rules): its status and JSON body, word for word."""
+    status, body = answer
+    headers: tuple[tuple[str, str], ...] = (("Content-Type", "application/json"),)
+    if error_type:
+        headers += ((aws_rules.ERROR_TYPE_HEADER, error_type),)
+    return GatewayResponse(status, headers, body)
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+
+def _run_authorizer(authorizer: Any, token: str, method_arn: str) -> Any:
+    """Invoke a TOKEN authorizer function; its policy dict, "Unauthorized", or None on failure."""
+    event = {"type": "TOKEN", "authorizationToken": token, "methodArn": method_arn}
+    try:
+        return authorizer(event, make_context(getattr(authorizer, "name", "authorizer")))
+    except Exception as exc:   # API Gateway: the message "Unauthorized" is a 401, the rest 500
+        if str(exc) == "Unauthorized":
+            return "Unauthorized"
+        log.exception("authorizer failed")
+        return None
+
+
+def _policy_allows(policy: Any, method_arn: str) -> bool:
+    """Whether an authorizer's IAM policy allows execute-api:Invoke on this method ARN."""
+    if not isinstance(policy, dict):
+        return False
+    statements = policy.get("Statement") or []
+    allowed = False
+    for statement in statements if isinstance(statements, list) else [statements]:
+        resources = statement.get("Resource") or []
+        resources = resources if isinstance(resources, list) else [resources]
+        if not any(fnmatch.fnmatchcase(method_arn, pattern) for pattern in resources):
+            continue
+        if statement.get("Effect") == "Deny":
+            return False
+        allowed = allowed or statement.get("Effect") == "Allow"
+    return allowed
+
+
+class AuthorizerCache:
+    """API Gateway's authorizer cache: one answer per token for the authorizer's TTL."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get_or_run(self, token: str, ttl: float, run: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._entries.get(token)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+        outcome = run()
+        if ttl > 0 and outcome is not None:   # a failed invocation is not cached
+            with self._lock:
+                if len(self._entries) > 10_000:
+                    self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+                self._entries[token] = (now + ttl, outcome)
+        return outcome

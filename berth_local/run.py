@@ -1,6 +1,9 @@
 """`make run`: the registry on http://127.0.0.1:5000 with moto as its AWS, no account needed.
 
 Environment: PORT (5000), BERTH_HOST (127.0.0.1), BERTH_MOTO_PORT (a free port),
+BERTH_GATEWAY (`local`, the default: convenient, any body size; `aws`: the deployed path as API
+Gateway and Lambda serve it, front door included, see berth_local/aws_rules.py),
+BERTH_FRONT_DOOR (`on`; `off` shows what the deployed path does without the front door),
 BERTH_MAX_BODY_BYTES (unset: any body size; set: refuse bodies over it as Lambda would),
 BERTH_THREADS (8), BERTH_ADMIN_USER (admin) and BERTH_ADMIN_PASSWORD (generated and printed),
 BERTH_STATE_DIR (.berth in the project). It writes <state dir>/local.json so that `berth`
@@ -55,6 +58,11 @@ def main() -> int:
     host = os.environ.get("BERTH_HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "5000"))
     max_body = os.environ.get("BERTH_MAX_BODY_BYTES")
+    mode = os.environ.get("BERTH_GATEWAY", "local").strip().lower() or "local"
+    front_door = os.environ.get("BERTH_FRONT_DOOR", "on").strip().lower() not in ("off", "0", "false", "no")
+    if mode not in ("local", "aws"):
+        print(f"BERTH_GATEWAY must be `local` or `aws`, not {mode!r}", file=sys.stderr)
+        return 2
     endpoint, moto = backend.start_moto_process(int(os.environ.get("BERTH_MOTO_PORT", "0")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     url = f"http://{host}:{port}"
@@ -67,7 +75,9 @@ def main() -> int:
         from app import app
         from berth_local.gateway import make_wsgi_app
         from berth_local.serve import serve
-        wsgi = make_wsgi_app(app, max_body_bytes=int(max_body) if max_body else None)
+        wsgi = make_wsgi_app(app, mode=mode, max_body_bytes=int(max_body) if max_body else None,
+                             front_door=front_door,
+                             public_url=os.environ.get("BERTH_PUBLIC_URL") or url)
         _write_state(url, endpoint)
         print(f"Berth registry: {url}  (moto S3+DynamoDB: {endpoint})", flush=True)
         if generated_password:
@@ -75,6 +85,9 @@ def main() -> int:
                   "BERTH_ADMIN_PASSWORD to choose it)", flush=True)
         else:
             print(f"Admin user: {admin}  (password from BERTH_ADMIN_PASSWORD)", flush=True)
+        if mode == "aws":
+            print("Gateway: aws (API Gateway + Lambda rules, front door "
+                  f"{'on' if front_door else 'OFF'}): big layers need `berth proxy`", flush=True)
         if max_body:
             print(f"Refusing request bodies over {max_body} bytes, as API Gateway/Lambda would",
                   flush=True)
