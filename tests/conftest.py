@@ -5,6 +5,7 @@ module imports chalicelib, whose settings are read once per process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -112,26 +114,59 @@ def image_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("e2e-images")
 
 
-@pytest.fixture(scope="module")
-def make_run(tmp_path_factory):
+@dataclass
+class MakeRun:
+    """A `make run` process: its URL, log file and state folder."""
+    url: str
+    log: Path
+    state_dir: Path
+
+    @property
+    def host(self) -> str:
+        return self.url.split("//", 1)[1]
+
+    def berth(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        """The `berth` CLI against this process (found through its state folder)."""
+        env = dict(os.environ, BERTH_STATE_DIR=str(self.state_dir), BERTH_TARGET="local")
+        for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):
+            env.pop(name, None)
+        proc = subprocess.run([sys.executable, "-m", "berth_local.cli", *args], input=stdin,
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, f"berth {' '.join(args)}: {proc.stdout}{proc.stderr}"
+        return proc
+
+
+@contextlib.contextmanager
+def started_make_run(tmp_path_factory, private_state: bool = True, **extra_env: str) -> Iterator[MakeRun]:
     """`python -m berth_local.run` (what `make run` runs) in its own process, on a free port,
-    starting its own moto; yields (url, log path)."""
+    starting its own moto; with its own state folder unless `private_state` is False (then the
+    project's `.berth`, where the `berth` command finds it without configuration)."""
     port = free_port()
+    work = tmp_path_factory.mktemp("make-run")
+    state_dir = work / "state" if private_state else ROOT / ".berth"
     env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
-               BERTH_ADMIN_USER="runadmin", BERTH_ADMIN_PASSWORD="run-admin-password")
+               BERTH_ADMIN_USER="runadmin", BERTH_ADMIN_PASSWORD="run-admin-password",
+               BERTH_STATE_DIR=str(state_dir), **extra_env)
     for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):   # it must set up its own
         env.pop(name, None)
-    log = tmp_path_factory.mktemp("make-run") / "server.log"
+    log = work / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(url + "/v2/", proc, log)
-        yield url, log
+        yield MakeRun(url, log, state_dir)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def make_run(tmp_path_factory):
+    """`make run` in its own process; yields (url, log path)."""
+    with started_make_run(tmp_path_factory, private_state=False) as run:
+        yield run.url, run.log
 
 
 def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:

@@ -8,7 +8,6 @@ Its containerd (which dockerd starts itself) is reachable for `ctr` at `containe
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -20,6 +19,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 DEFAULT_TIMEOUT = 300
+# A credential helper for the private docker config (see the file's docstring for why).
+CREDENTIAL_HELPER_DIR = Path(__file__).resolve().parent / "bin"
+CREDENTIAL_HELPER = "berth-test"
 
 
 class DockerError(RuntimeError):
@@ -63,6 +65,7 @@ class DockerEngine:
     def start(self, timeout: float = 60) -> "DockerEngine":
         self.rundir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.config_dir.mkdir(parents=True, exist_ok=True)
+        (self.config_dir / "config.json").write_text(json.dumps({"credsStore": CREDENTIAL_HELPER}))
         cmd = ["dockerd", "--storage-driver=vfs", "--iptables=false", "--ip6tables=false",
                "--bridge=none", "--data-root", str(self.workdir / "data"),
                "--exec-root", str(self.rundir / "exec"), "--pidfile", str(self.rundir / "pid"),
@@ -97,7 +100,8 @@ class DockerEngine:
 
     def env(self, **extra: str) -> dict:
         env = dict(os.environ, DOCKER_HOST=f"unix://{self.socket}", DOCKER_CONFIG=str(self.config_dir),
-                   DOCKER_BUILDKIT="0", DOCKER_CLI_HINTS="false")
+                   DOCKER_BUILDKIT="0", DOCKER_CLI_HINTS="false",
+                   PATH=f"{CREDENTIAL_HELPER_DIR}{os.pathsep}{os.environ.get('PATH', '')}")
         env.update(extra)
         return env
 
@@ -124,12 +128,13 @@ class DockerEngine:
         return self.docker("login", "--username", user, "--password-stdin", host, input=password)
 
     def stored_auth(self, host: str) -> Optional[str]:
-        """The `user:password` docker stored in config.json for `host`, if any."""
-        config = self.config_dir / "config.json"
-        if not config.exists():
+        """The `user:password` docker stored for `host` (through the test credential helper)."""
+        proc = subprocess.run([str(CREDENTIAL_HELPER_DIR / f"docker-credential-{CREDENTIAL_HELPER}"),
+                               "get"], input=host, env=self.env(), capture_output=True, text=True)
+        if proc.returncode != 0:
             return None
-        entry = json.loads(config.read_text()).get("auths", {}).get(host)
-        return base64.b64decode(entry["auth"]).decode() if entry and entry.get("auth") else None
+        entry = json.loads(proc.stdout)
+        return f"{entry['Username']}:{entry['Secret']}"
 
     def build_image(self, tag: str, layer_sizes: Sequence[int], seed: str) -> None:
         """Build `tag` FROM scratch with one layer per size, filled with incompressible bytes
@@ -168,6 +173,14 @@ class DockerEngine:
         if proc.returncode != 0:
             raise DockerError(cmd, proc, elapsed)
         return Result(proc.stdout, proc.stderr, elapsed)
+
+
+    def ctr_fails(self, *args: str, timeout: float = DEFAULT_TIMEOUT) -> DockerError:
+        try:
+            result = self.ctr(*args, timeout=timeout)
+        except DockerError as error:
+            return error
+        raise AssertionError(f"ctr {' '.join(args)} succeeded:\n{result.stdout}\n{result.stderr}")
 
 
 def _write_random(path: Path, size: int, seed: str) -> None:
