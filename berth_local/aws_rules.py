@@ -44,7 +44,10 @@ REQUEST_HEADERS_DROPPED = frozenset({"transfer-encoding", "expect", "connection"
 #   binaryMediaTypes. No Accept at all is read as not matching (stricter reading: the page does
 #   not say).
 # https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-payload-encodings-workflow.html
-#   A request without Content-Type is treated as application/json.
+#   (the request table) and
+# https://docs.aws.amazon.com/apigateway/latest/developerguide/integration-passthrough-behaviors.html
+#   a request without Content-Type is handled as application/json; so it is binary only when
+#   binaryMediaTypes holds application/json or a wildcard that covers it (`*/*`).
 DEFAULT_REQUEST_CONTENT_TYPE = "application/json"
 
 
