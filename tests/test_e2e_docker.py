@@ -202,3 +202,29 @@ def test_with_the_front_door_docker_login_works(front_door_gateway, docker_engin
     docker_engine.login(host, *ADMIN)
     assert docker_engine.stored_auth(host) == f"{ADMIN[0]}:{ADMIN[1]}"
     docker_engine.docker("logout", host)
+
+
+# ------------------------------------------------------------------------------------------------
+# skopeo and podman on the same deployed path (podman sends layer bodies chunked)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_skopeo_and_podman_push_and_pull_small_layers_on_the_deployed_path(aws_run, image_cache,
+                                                                          tmp_path):
+    from tests.support.clients import Podman, layout_digests, skopeo_copy
+    from tests.support.images import build_image
+    img = build_image(image_cache / "aws-small", layers=[2 * MiB, 300 * 1024], seed="aws-small")
+    creds = f"{USER}:{PASSWORD}"
+    pushed = skopeo_copy(img.oci_ref, f"docker://{aws_run.host}/{USER}/skopeo:v1", creds=creds)
+    assert pushed.digest == img.manifest_digest
+    skopeo_copy(f"docker://{aws_run.host}/{USER}/skopeo:v1", f"oci:{tmp_path / 'pulled'}:v1", creds=creds)
+    assert layout_digests(tmp_path / "pulled", "v1")["layer_digests"] == img.layer_digests
+    pusher, puller = Podman(tmp_path / "push"), Podman(tmp_path / "pull")
+    try:
+        local = pusher.load_oci(img.path, img.tag, name="aws-small")
+        pushed = pusher.push(local, f"{aws_run.host}/{USER}/podman:v1", creds=creds)
+        puller.pull(f"{aws_run.host}/{USER}/podman:v1", creds=creds)
+        assert puller.identity(f"{aws_run.host}/{USER}/podman:v1").content() == pusher.identity(local).content()
+    finally:
+        pusher.cleanup()
+        puller.cleanup()
