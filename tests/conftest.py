@@ -61,9 +61,41 @@ def _serve(**options) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def registry(admin_credentials) -> Iterator[str]:
-    """Base URL of Berth as `make run` serves it (any body size, bodies fed in pieces)."""
+def in_process_registry(admin_credentials) -> Iterator[str]:
+    """Base URL of Berth as `make run` serves it (any body size, bodies fed in pieces), the app
+    running in this process (so `aws_calls` sees its AWS calls)."""
     yield from _serve()
+
+
+@pytest.fixture(scope="session")
+def registry(in_process_registry) -> str:
+    """The registry most tests use: `in_process_registry` (a module may override this name,
+    e.g. with `any_registry`, to run its tests on a fleet too)."""
+    return in_process_registry
+
+
+@pytest.fixture(scope="session")
+def fleet(admin_credentials):
+    """Three Lambda instances (berth_local/fleet.py): worker processes sharing nothing but moto."""
+    from berth_local.fleet import Fleet
+    instances = Fleet(3)
+    try:
+        yield instances
+    finally:
+        instances.close()
+
+
+@pytest.fixture(scope="session")
+def fleet_registry(fleet) -> Iterator[str]:
+    """Berth served by three Lambda instances (BERTH_INSTANCES=3), each request on any idle one."""
+    yield from _serve(fleet=fleet)
+
+
+@pytest.fixture(scope="session", params=[1, 3], ids=["1-instance", "3-instances"])
+def any_registry(request, admin_credentials) -> Iterator[str]:
+    """The same tests against one instance and against a fleet of three (`in_process_registry`
+    and `fleet_registry`); tests that count AWS calls in this process use the first only."""
+    yield request.getfixturevalue("in_process_registry" if request.param == 1 else "fleet_registry")
 
 
 @pytest.fixture(scope="session")

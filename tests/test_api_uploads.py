@@ -12,6 +12,12 @@ from tests.support.registry_api import absolute, error_code, http, push_blob, sh
 MiB = 1024 * 1024
 
 
+@pytest.fixture
+def registry(any_registry):
+    """Every upload test runs on one Lambda instance and on a fleet of three (BERTH_INSTANCES=3)."""
+    return any_registry
+
+
 def start(base: str, repo: str) -> str:
     r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
     assert r.status_code == 202
@@ -204,7 +210,8 @@ def test_blob_get_redirects_to_presigned_s3_url_with_short_expiry(registry):
     assert http.get(f"{registry}/v2/blobs/presign/blobs/{digest}").content == b"presigned"
 
 
-def test_blob_requests_cost_at_most_two_dynamodb_reads_and_no_s3_call(registry, aws_calls):
+def test_blob_requests_cost_at_most_two_dynamodb_reads_and_no_s3_call(in_process_registry, aws_calls):
+    registry = in_process_registry
     digest = push_blob(registry, "cost/blob", b"cost")
     for method in ("GET", "HEAD"):
         aws_calls.reset()
@@ -281,7 +288,8 @@ def test_an_out_of_order_chunk_in_the_final_put_is_a_416(registry):
     assert r.status_code == 201, r.text
 
 
-def test_a_commit_reads_nothing_back_and_copies_nothing(registry, aws_calls):
+def test_a_commit_reads_nothing_back_and_copies_nothing(in_process_registry, aws_calls):
+    registry = in_process_registry
     """The hash state came with the session and the multipart upload is the blob: the final PUT
     costs the same whatever the blob's size."""
     data = os.urandom(11 * MiB + 5)
@@ -298,7 +306,8 @@ def test_a_commit_reads_nothing_back_and_copies_nothing(registry, aws_calls):
     assert pull(registry, "up/no-copy", sha256(data)) == data
 
 
-def test_a_second_upload_of_the_same_bytes_stores_nothing_new(registry, aws_calls):
+def test_a_second_upload_of_the_same_bytes_stores_nothing_new(in_process_registry, aws_calls):
+    registry = in_process_registry
     from chalicelib.storage import blobstore
     data = os.urandom(6 * MiB)
     stored = []
@@ -314,3 +323,38 @@ def test_a_second_upload_of_the_same_bytes_stores_nothing_new(registry, aws_call
     assert aws_calls.calls.get(("s3", "AbortMultipartUpload"), 0) == 1
     assert stored[1] == stored[0]
     assert pull(registry, "up/dedup-b", sha256(data)) == pull(registry, "up/dedup-a", sha256(data)) == data
+
+
+def test_an_upload_spread_over_three_instances_is_committed_without_reading_back(fleet_registry, fleet):
+    """Chunks land on any of three instances (each its own process and memory); the saved hash
+    state goes with the session, so the commit reads nothing of the upload back from S3."""
+    data = os.urandom(22 * MiB + 3)
+    url = start(fleet_registry, "up/fleet")
+    fleet.aws_calls()
+    before = list(fleet.invocations)
+    for i in range(0, len(data), 4 * MiB):
+        r = http.patch(url, data=data[i:i + 4 * MiB], headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 202, r.text
+        url = absolute(fleet_registry, r.headers["Location"])
+    fleet.aws_calls()                                      # count the commit alone
+    r = http.put(url, params={"digest": sha256(data)})
+    assert r.status_code == 201, r.text
+    served = [after - b for after, b in zip(fleet.invocations, before)]
+    assert sum(1 for n in served if n) >= 2, served          # more than one instance took part
+    s3 = {k: n for k, n in fleet.aws_calls().items() if k[0] == "s3"}
+    assert not [k for k in s3 if k[1] in ("GetObject", "CopyObject")], s3
+    assert s3[("s3", "CompleteMultipartUpload", "blobs/u/")] == 1
+    assert pull(fleet_registry, "up/fleet", sha256(data)) == data
+
+
+def test_the_race_at_one_offset_across_instances(fleet_registry):
+    import concurrent.futures
+    data = os.urandom(6 * MiB)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            url = start(fleet_registry, "up/fleet-race")
+            headers = {"Content-Range": f"0-{len(data) - 1}", "Content-Type": "application/octet-stream"}
+            statuses = sorted(r.status_code for r in pool.map(
+                lambda _: http.patch(url, data=data, headers=headers), range(2)))
+            assert statuses == [202, 416], statuses
+            assert http.put(url, params={"digest": sha256(data)}).status_code == 201

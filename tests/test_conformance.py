@@ -333,6 +333,7 @@ class Client:
                  credentials: Optional[tuple] = None) -> None:
         self.address = address.rstrip("/")
         self.default_name = default_name
+        self.crossmount = default_name
         self.credentials = credentials
         self.token: Optional[str] = None
         self.session = requests.Session()
@@ -448,9 +449,16 @@ def show(resp: requests.Response) -> str:
             f"{dict(resp.headers)} {resp.text[:500]!r}")
 
 
-@pytest.fixture(scope="module")
-def client(registry, admin_credentials) -> Client:
-    return Client(registry, NAMESPACE, admin_credentials)   # OCI_USERNAME / OCI_PASSWORD
+# The suite runs twice: against one Lambda instance and against a fleet of three
+# (BERTH_INSTANCES=3, every request on any instance), in namespaces of their own.
+@pytest.fixture(scope="module", params=[("registry", NAMESPACE, CROSSMOUNT_NAMESPACE),
+                                        ("fleet_registry", "fleet/myrepo", "fleet/other")],
+                ids=["1-instance", "3-instances"])
+def client(request, admin_credentials) -> Client:
+    fixture, namespace, crossmount = request.param
+    c = Client(request.getfixturevalue(fixture), namespace, admin_credentials)  # OCI_USERNAME...
+    c.crossmount = crossmount
+    return c
 
 
 def push_blob_post_put(c: Client, digest: str, length: str, content: bytes) -> requests.Response:
@@ -857,7 +865,7 @@ def test_02_push_chunked_put_digest_201(client):
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting of a blob without the from
 # argument should yield session id"
 def test_02_push_crossmount_without_from_202(client):
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.dummyDigest})
     assert resp.status_code == 202, show(resp)
     assert absolute_location(resp) != "", show(resp)
@@ -866,7 +874,7 @@ def test_02_push_crossmount_without_from_202(client):
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "POST request to mount another
 # repository's blob should return 201 or 202"
 def test_02_push_crossmount_from_other_repo_201_or_202(client):
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.testBlobADigest, "from": client.default_name})
     assert resp.status_code in (201, 202), show(resp)
     S.push_lastResponse = resp
@@ -877,7 +885,7 @@ def test_02_push_crossmount_from_other_repo_201_or_202(client):
 def test_02_push_crossmount_get_mounted_blob_200(client):
     run_only_if(S.push_lastResponse.status_code == 201)
     assert relative_location(S.push_lastResponse) == \
-        f"/v2/{CROSSMOUNT_NAMESPACE}/blobs/{D.testBlobADigest}", show(S.push_lastResponse)
+        f"/v2/{client.crossmount}/blobs/{D.testBlobADigest}", show(S.push_lastResponse)
     resp = client.do("GET", relative_location(S.push_lastResponse))
     assert resp.status_code == 200, show(resp)
 
@@ -887,7 +895,7 @@ def test_02_push_crossmount_get_mounted_blob_200(client):
 def test_02_push_crossmount_nonexistent_blob_session(client):
     run_only_if(S.push_lastResponse.status_code == 202)
     assert relative_location(S.push_lastResponse).startswith(
-        f"/v2/{CROSSMOUNT_NAMESPACE}/blobs/uploads/"), show(S.push_lastResponse)
+        f"/v2/{client.crossmount}/blobs/uploads/"), show(S.push_lastResponse)
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting without from, and
@@ -896,7 +904,7 @@ def test_02_push_crossmount_automatic_enabled_201(client):
     run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
     run_only_if(S.push_lastResponse.status_code == 201)
     run_only_if(AUTOMATIC_CROSSMOUNT_ENABLED)
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.testBlobADigest})
     assert resp.status_code == 201, show(resp)
 
@@ -907,7 +915,7 @@ def test_02_push_crossmount_automatic_disabled_202(client):
     run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
     run_only_if(S.push_lastResponse.status_code == 201)
     run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED)
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.testBlobADigest})
     assert resp.status_code == 202, show(resp)
 
