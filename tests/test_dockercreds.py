@@ -1,8 +1,9 @@
 """Finding the login docker stores for a registry, as `berth proxy` does (berth_local/dockercreds.py).
 
 config.json is written the way the docker CLI writes it; credential helpers are the real
-`docker-credential-pass` (Debian's golang-docker-credential-helpers) on a throwaway GnuPG key and
-password store, the helper docker itself calls on `docker login` when config.json says so.
+`docker-credential-pass` (Debian's golang-docker-credential-helpers, unpacked into .cache/ by
+`make system-deps`) on a throwaway GnuPG key and password store: the helper docker itself calls on
+`docker login` when config.json says so.
 """
 from __future__ import annotations
 
@@ -74,11 +75,18 @@ def test_a_missing_helper_is_a_clear_error(tmp_path):
         find_credentials("registry.example.com", folder)
 
 
+# Unpacked by scripts/install-system-deps.sh, not installed: on the PATH of every process it
+# would become the docker CLI's default credential store (see that script).
+HELPERS = Path(__file__).resolve().parent.parent / ".cache" / "docker-credential-helpers" / "usr" / "bin"
+
+
 @pytest.fixture
 def pass_store(tmp_path, monkeypatch):
-    """A password store for docker-credential-pass, on a GnuPG key made for the test."""
-    assert shutil.which("docker-credential-pass") and shutil.which("pass"), \
+    """docker-credential-pass on PATH (for this test only), and a password store for it on a
+    GnuPG key made for the test."""
+    assert (HELPERS / "docker-credential-pass").exists() and shutil.which("pass"), \
         "docker-credential-pass/pass missing: run `make system-deps`"
+    monkeypatch.setenv("PATH", f"{HELPERS}{os.pathsep}{os.environ['PATH']}")
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
     monkeypatch.setenv("GNUPGHOME", str(gnupg))

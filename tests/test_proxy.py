@@ -955,29 +955,11 @@ def huge_image(image_cache):
 @pytest.fixture
 def proxy_process(lambda_registry, tmp_path):
     """`berth proxy` in its own process (so its memory can be measured) in front of Berth."""
-    from berth_local.backend import free_port
-    port = free_port()
+    from tests.support.berth_proxy import berth_proxy
     log_path = tmp_path / "proxy.log"
-    with open(log_path, "wb") as log:
-        # `python -m berth_local.cli` would run cli.py as __main__, a second copy of the module
-        # that subcommand modules do not register into; go through the importable module.
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from berth_local.cli import main; sys.exit(main())",
-             "proxy", "--upstream", lambda_registry, "--listen", f"127.0.0.1:{port}", "--quiet"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"berth proxy did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
-    yield proc, f"127.0.0.1:{port}", log_path
-    proc.terminate()
-    proc.wait(timeout=10)
+    with berth_proxy(lambda_registry, log_path, "--quiet", docker_config=tmp_path / "no-docker-login") \
+            as (proc, host):
+        yield proc, host, log_path
 
 
 def _vm_hwm_mib(pid: int) -> float:

@@ -1,0 +1,51 @@
+"""`berth proxy` as a user runs it: the real command in its own process."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from berth_local.backend import free_port
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@contextmanager
+def berth_proxy(upstream: str, log_path: Path, *options: str,
+                docker_config: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run `berth proxy --upstream UPSTREAM --listen 127.0.0.1:<free port> OPTIONS...` with
+    DOCKER_CONFIG=`docker_config` (never the user's own ~/.docker); yields (process, host:port)
+    once it accepts connections; its output goes to `log_path`."""
+    port = free_port()
+    env = dict(os.environ, DOCKER_CONFIG=str(docker_config))
+    with open(log_path, "wb") as log:
+        # `python -m berth_local.cli` would run cli.py as __main__, a second copy of the module
+        # that subcommand modules do not register into; go through the importable module.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from berth_local.cli import main; sys.exit(main())",
+             "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", *options],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_until_listening(proc, port, log_path)
+        yield proc, f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _wait_until_listening(proc: subprocess.Popen, port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"berth proxy did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)
