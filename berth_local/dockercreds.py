@@ -17,7 +17,8 @@ do with the same files:
   the request needs (`scopes_for`), with basic auth (`GET`, as docker does), or with the identity
   token as an OAuth2 refresh token (`POST grant_type=refresh_token`, as docker does); tokens are
   cached per scope until shortly before they expire. For Basic, the credentials are sent as they
-  are. Lookups happen when a token is needed, so a `docker login` after the proxy started counts.
+  are. Lookups happen when a token is needed, so a `docker login` after the proxy started counts;
+  a `docker logout` takes effect when the cached tokens expire (Berth's live 300 s).
 
 Security: credentials go to one place only, the realm the upstream's own challenge names (as
 with docker itself), never to a plain-http realm when the upstream is https, and redirects of

@@ -3,11 +3,13 @@
 Three levels:
 - the piece arithmetic and HTTP behaviour against a small fake registry that records every
   request it gets (Content-Range values, Location following, de-chunking, monolithic uploads,
-  errors and auth passing through, HEAD, Expect: 100-continue, TLS refusal, 502);
+  the Content-Type of upload bodies, errors and auth passing through, HEAD, Expect:
+  100-continue, TLS refusal, 502), and the proxy's own login with what docker stores for the
+  upstream, against a fake token realm (scopes, caching, renewal, Basic, identity tokens);
 - Berth itself with Lambda's 6 MiB request limit emulated (`lambda_registry`), with requests;
 - the real skopeo and podman pushing an image with a 200 MiB incompressible layer: directly
   they fail with 413, through the proxy they succeed, and the proxy (in its own process) stays
-  in bounded memory.
+  in bounded memory. (The real docker engine: tests/test_e2e_docker_proxy.py.)
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,7 +38,6 @@ from berth_local.proxy import (Progress, UploadRecord, parse_listen, parse_size,
                                start_proxy)
 
 MiB, KiB = 1 << 20, 1 << 10
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def sha256(data: bytes) -> str:

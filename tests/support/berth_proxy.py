@@ -13,6 +13,7 @@ from typing import Iterator
 from berth_local.backend import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+BERTH = Path(sys.executable).with_name("berth")     # installed by `pip install -e .` (make)
 
 
 @contextmanager
@@ -21,14 +22,13 @@ def berth_proxy(upstream: str, log_path: Path, *options: str,
     """Run `berth proxy --upstream UPSTREAM --listen 127.0.0.1:<free port> OPTIONS...` with
     DOCKER_CONFIG=`docker_config` (never the user's own ~/.docker); yields (process, host:port)
     once it accepts connections; its output goes to `log_path`."""
+    assert BERTH.exists(), f"{BERTH} missing: run the tests with the virtualenv of `make test`"
     port = free_port()
     env = dict(os.environ, DOCKER_CONFIG=str(docker_config))
     with open(log_path, "wb") as log:
-        # `python -m berth_local.cli` would run cli.py as __main__, a second copy of the module
-        # that subcommand modules do not register into; go through the importable module.
+        # the virtualenv's `berth` command, as the README runs it (.venv/bin/berth)
         proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from berth_local.cli import main; sys.exit(main())",
-             "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", *options],
+            [str(BERTH), "proxy", "--upstream", upstream, "--listen", f"127.0.0.1:{port}", *options],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_until_listening(proc, port, log_path)
