@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import pytest
 from berth_local.dockercreds import (Challenge, Credentials, CredentialsError, RegistryAuth,
                                      docker_config_dir, find_credentials, parse_challenge,
                                      scopes_for)
+from tests.support.credhelper import pass_credential_store
 
 
 def write_config(folder: Path, config: dict) -> Path:
@@ -75,27 +74,10 @@ def test_a_missing_helper_is_a_clear_error(tmp_path):
         find_credentials("registry.example.com", folder)
 
 
-# Unpacked by scripts/install-system-deps.sh, not installed: on the PATH of every process it
-# would become the docker CLI's default credential store (see that script).
-HELPERS = Path(__file__).resolve().parent.parent / ".cache" / "docker-credential-helpers" / "usr" / "bin"
-
-
 @pytest.fixture
 def pass_store(tmp_path, monkeypatch):
-    """docker-credential-pass on PATH (for this test only), and a password store for it on a
-    GnuPG key made for the test."""
-    assert (HELPERS / "docker-credential-pass").exists() and shutil.which("pass"), \
-        "docker-credential-pass/pass missing: run `make system-deps`"
-    monkeypatch.setenv("PATH", f"{HELPERS}{os.pathsep}{os.environ['PATH']}")
-    gnupg = tmp_path / "gnupg"
-    gnupg.mkdir(mode=0o700)
-    monkeypatch.setenv("GNUPGHOME", str(gnupg))
-    monkeypatch.setenv("PASSWORD_STORE_DIR", str(tmp_path / "store"))
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "berth-test@example.invalid",
-                    "default", "default", "never"], check=True, capture_output=True)
-    subprocess.run(["pass", "init", "berth-test@example.invalid"], check=True, capture_output=True)
-    yield
-    subprocess.run(["gpgconf", "--kill", "gpg-agent"], capture_output=True, env=dict(os.environ))
+    with pass_credential_store(tmp_path / "pass", monkeypatch):
+        yield
 
 
 def helper_store(host: str, username: str, secret: str) -> None:

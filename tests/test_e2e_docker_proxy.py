@@ -3,10 +3,12 @@
 Berth is served through the local gateway in aws mode (API Gateway's and Lambda's rules and the
 front door: a request body over Lambda's limit gets API Gateway's own 413), so a 60 MiB layer
 only gets in cut into pieces by `berth proxy`. The user logs in ONCE, to the registry; the
-proxy uses that login (docker's config.json), and the pull goes to the registry directly.
+proxy uses that login (docker's config.json, or the credential helper it names), and the pull
+goes to the registry directly.
 """
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Iterator
@@ -15,6 +17,7 @@ import pytest
 
 from chalicelib.auth import accounts
 from tests.support.berth_proxy import berth_proxy
+from tests.support.credhelper import pass_credential_store
 
 MiB, KiB = 1 << 20, 1 << 10
 PASSWORD = "docker proxy e2e password"
@@ -73,3 +76,35 @@ def test_docker_pushes_a_60_mib_layer_through_the_proxy_after_one_login(docker_e
     assert docker.repo_digest(direct) == pushed
     assert docker.image_id(direct) == image_id
     docker.docker("rmi", direct)
+
+
+def test_a_login_kept_by_a_credential_helper_is_used_too(docker_engine, aws_registry, user, tmp_path,
+                                                        monkeypatch):
+    """docker with `credsStore: pass` keeps the password in the helper, not in config.json."""
+    docker = docker_engine
+    config = docker.config_dir / "config.json"
+    saved = config.read_text() if config.exists() else None
+    with pass_credential_store(tmp_path / "pass", monkeypatch):
+        try:
+            config.write_text(json.dumps({"credsStore": "pass"}))
+            docker.login(aws_registry, user, PASSWORD)
+            assert docker.stored_auth(aws_registry) is None and PASSWORD not in config.read_text()
+            local = f"berth-e2e-proxy/helper-{user}:v1"
+            docker.build_image(local, [300 * KiB], seed=f"proxy-helper-{user}")
+            log_path = tmp_path / "proxy.log"
+            with berth_proxy(f"http://{aws_registry}", log_path, docker_config=docker.config_dir) as (_, proxy):
+                through_proxy = f"{proxy}/{user}/helper:v1"
+                docker.docker("tag", local, through_proxy)
+                docker.docker("push", through_proxy)
+                pushed = docker.repo_digest(through_proxy)
+                docker.docker("rmi", through_proxy, local)
+            assert f"use the login docker stores for {aws_registry} (user '{user}'" in log_path.read_text()
+            direct = f"{aws_registry}/{user}/helper:v1"
+            docker.docker("pull", direct)
+            assert docker.repo_digest(direct) == pushed
+            docker.docker("rmi", direct)
+        finally:
+            if saved is None:
+                config.unlink(missing_ok=True)
+            else:
+                config.write_text(saved)
