@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -48,6 +49,31 @@ def user() -> str:
     return name
 
 
+def push_through_proxy(docker, registry: str, local: str, repository: str, log_path: Path) -> tuple[str, str]:
+    """`berth proxy --upstream http://REGISTRY`, then `docker tag` and `docker push` of `local`
+    through it, then `docker rmi` of both names: (the pushed manifest digest, the proxy's log)."""
+    with berth_proxy(f"http://{registry}", log_path, docker_config=docker.config_dir,
+                     env=docker.env()) as (_, proxy):
+        through_proxy = f"{proxy}/{repository}:v1"
+        docker.docker("tag", local, through_proxy)
+        docker.docker("push", through_proxy)
+        pushed = docker.repo_digest(through_proxy)
+        assert docker.stored_auth(proxy) is None         # no second login for the proxy's address
+        docker.docker("rmi", through_proxy, local)
+    log = log_path.read_text()
+    assert "Traceback" not in log
+    return pushed, log
+
+
+def pull_directly(docker, registry: str, repository: str) -> tuple[str, str]:
+    """`docker pull REGISTRY/REPOSITORY:v1` (pulls need no proxy): (repo digest, image id)."""
+    direct = f"{registry}/{repository}:v1"
+    docker.docker("pull", direct)
+    found = docker.repo_digest(direct), docker.image_id(direct)
+    docker.docker("rmi", direct)
+    return found
+
+
 def test_docker_pushes_a_60_mib_layer_through_the_proxy_after_one_login(docker_engine, aws_registry,
                                                                        user, tmp_path):
     docker = docker_engine
@@ -55,27 +81,13 @@ def test_docker_pushes_a_60_mib_layer_through_the_proxy_after_one_login(docker_e
     docker.build_image(local, [60 * MiB, 256 * KiB], seed=f"proxy-{user}")
     image_id = docker.image_id(local)
     docker.login(aws_registry, user, PASSWORD)          # the only login
-    log_path = tmp_path / "proxy.log"
-    with berth_proxy(f"http://{aws_registry}", log_path, docker_config=docker.config_dir) as (_, proxy):
-        through_proxy = f"{proxy}/{user}/big:v1"
-        docker.docker("tag", local, through_proxy)
-        docker.docker("push", through_proxy)
-        pushed = docker.repo_digest(through_proxy)
-        assert docker.stored_auth(proxy) is None         # no second login for the proxy's address
-        docker.docker("rmi", through_proxy, local)
-    log = log_path.read_text()
+    pushed, log = push_through_proxy(docker, aws_registry, local, f"{user}/big", tmp_path / "proxy.log")
     assert f"use the login docker stores for {aws_registry} (user '{user}'" in log, log
     # the 60 MiB layer (gzipped by docker: a little more) went in pieces of at most 4 MiB
     big = re.search(rf"pushed {user}/big@sha256:[0-9a-f]+: 60\.\d MiB in .*, (\d+) pieces\)", log)
     assert big and int(big.group(1)) >= 15, log
-    assert "Traceback" not in log
     assert docker.fails("image", "inspect", image_id).returncode != 0     # really gone
-
-    direct = f"{aws_registry}/{user}/big:v1"
-    docker.docker("pull", direct)                        # pulls need no proxy
-    assert docker.repo_digest(direct) == pushed
-    assert docker.image_id(direct) == image_id
-    docker.docker("rmi", direct)
+    assert pull_directly(docker, aws_registry, f"{user}/big") == (pushed, image_id)
 
 
 def test_a_login_kept_by_a_credential_helper_is_used_too(docker_engine, aws_registry, user, tmp_path,
@@ -88,21 +100,14 @@ def test_a_login_kept_by_a_credential_helper_is_used_too(docker_engine, aws_regi
         try:
             config.write_text(json.dumps({"credsStore": "pass"}))
             docker.login(aws_registry, user, PASSWORD)
-            assert docker.stored_auth(aws_registry) is None and PASSWORD not in config.read_text()
+            assert PASSWORD not in config.read_text()
             local = f"berth-e2e-proxy/helper-{user}:v1"
             docker.build_image(local, [300 * KiB], seed=f"proxy-helper-{user}")
-            log_path = tmp_path / "proxy.log"
-            with berth_proxy(f"http://{aws_registry}", log_path, docker_config=docker.config_dir) as (_, proxy):
-                through_proxy = f"{proxy}/{user}/helper:v1"
-                docker.docker("tag", local, through_proxy)
-                docker.docker("push", through_proxy)
-                pushed = docker.repo_digest(through_proxy)
-                docker.docker("rmi", through_proxy, local)
-            assert f"use the login docker stores for {aws_registry} (user '{user}'" in log_path.read_text()
-            direct = f"{aws_registry}/{user}/helper:v1"
-            docker.docker("pull", direct)
-            assert docker.repo_digest(direct) == pushed
-            docker.docker("rmi", direct)
+            image_id = docker.image_id(local)
+            pushed, log = push_through_proxy(docker, aws_registry, local, f"{user}/helper",
+                                             tmp_path / "proxy.log")
+            assert f"use the login docker stores for {aws_registry} (user '{user}'" in log, log
+            assert pull_directly(docker, aws_registry, f"{user}/helper") == (pushed, image_id)
         finally:
             if saved is None:
                 config.unlink(missing_ok=True)

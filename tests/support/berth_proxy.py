@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from berth_local.backend import free_port
 
@@ -17,14 +17,15 @@ BERTH = Path(sys.executable).with_name("berth")     # installed by `pip install 
 
 
 @contextmanager
-def berth_proxy(upstream: str, log_path: Path, *options: str,
-                docker_config: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+def berth_proxy(upstream: str, log_path: Path, *options: str, docker_config: Path,
+                env: Optional[dict] = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """Run `berth proxy --upstream UPSTREAM --listen 127.0.0.1:<free port> OPTIONS...` with
-    DOCKER_CONFIG=`docker_config` (never the user's own ~/.docker); yields (process, host:port)
-    once it accepts connections; its output goes to `log_path`."""
+    DOCKER_CONFIG=`docker_config` (never the user's own ~/.docker) in `env` (default: this
+    process's; a docker CLI's environment gives it the same credential helpers on PATH); yields
+    (process, host:port) once it accepts connections; its output goes to `log_path`."""
     assert BERTH.exists(), f"{BERTH} missing: run the tests with the virtualenv of `make test`"
     port = free_port()
-    env = dict(os.environ, DOCKER_CONFIG=str(docker_config))
+    env = dict(env if env is not None else os.environ, DOCKER_CONFIG=str(docker_config))
     with open(log_path, "wb") as log:
         # the virtualenv's `berth` command, as the README runs it (.venv/bin/berth)
         proc = subprocess.Popen(
