@@ -56,8 +56,8 @@ CLIENT_ID = "berth-proxy"
 RETRY_SECONDS = 10.0                  # after finding no credentials or a refused token request
 
 # The registry API's paths under a repository, anchored at the end (names may hold "blobs" too).
-_REPOSITORY_PATH = re.compile(r"^/v2/(?P<name>.+)/(?:blobs/uploads/[^/]*|blobs/[^/]+|manifests/[^/]+"
-                              r"|tags/list|referrers/[^/]+)$")
+_REPOSITORY_PATH = re.compile(r"^/v2/(?P<name>.+)/(?:(?P<upload>blobs/uploads/[^/]*)|blobs/[^/]+"
+                              r"|manifests/[^/]+|tags/list|referrers/[^/]+)$")
 
 
 class CredentialsError(Exception):
@@ -174,13 +174,20 @@ def credentials_from_helper(helper: str, host: str) -> Optional[Credentials]:
 # --------------------------------------------------------------------------------------------
 
 
-def scopes_for(path: str, query: str = "") -> tuple[str, ...]:
-    """The token scopes a request to `path` needs: pull and push on its repository, plus pull on
-    the source of a cross-repository mount (`?mount=<digest>&from=<name>`); none for `/v2/`."""
+def scopes_for(method: str, path: str, query: str = "") -> tuple[str, ...]:
+    """The token scopes a request needs, and no more, as registries check them: pull,push for
+    anything on an upload session, pull for reading a manifest, blob, tag list or referrers,
+    delete for deleting one, pull,push for pushing a manifest; plus pull on the source of a
+    cross-repository mount (`?mount=<digest>&from=<name>`); none for `/v2/` and the catalog."""
     match = _REPOSITORY_PATH.match(path)
     if match is None:
         return ()
-    scopes = [f"repository:{match.group('name')}:pull,push"]
+    verb = method.upper()
+    if match.group("upload"):
+        actions = "pull,push"
+    else:
+        actions = {"GET": "pull", "HEAD": "pull", "DELETE": "delete"}.get(verb, "pull,push")
+    scopes = [f"repository:{match.group('name')}:{actions}"]
     params = dict(parse_qsl(query))
     if params.get("mount") and params.get("from"):
         scopes.append(f"repository:{params['from']}:pull")

@@ -22,8 +22,10 @@ Authentication. docker keys its logins by the host of the image reference, so a 
 request that comes WITHOUT Authorization is authenticated by the proxy itself with the
 credentials docker stores for the upstream (berth_local/dockercreds.py: config.json `auths` and
 credential helpers, as skopeo and crane read them): it learns the upstream's challenge from the
-401 of `GET /v2/`, asks the realm for a token with the scope the request needs (pull,push on the
-repository of the path; pull on the source of a cross-repository mount), caches it per scope
+401 of `GET /v2/`, asks the realm for a token with the scope the request needs (pull to
+read, pull,push to upload, delete to delete, on the repository of the path; pull on the source
+of a cross-repository mount: least privilege, and an admin's pull through the proxy never
+creates a namespace on Berth, whose token endpoint creates one for an admin's push scope), caches it per scope
 until shortly before it expires, and adds it to every request it sends upstream (each piece of
 a long upload gets a current one; a 401 to one of them is retried once with a new token). The
 client then never sees a challenge: `GET /v2/` answers 200 and docker sends no credentials at
@@ -853,7 +855,7 @@ class Proxy:
         On return the client body has been read whole unless `body.exhausted` is False (then the
         caller closes the connection)."""
         if self.auth is not None and header(request.headers, "authorization") is None:
-            request.auth = self.auth.for_scopes(scopes_for(request.path, request.query))
+            request.auth = self.auth.for_scopes(scopes_for(request.method, request.path, request.query))
         try:
             if body.exceeds(self.chunk_size):
                 pieced = self._pieced_upload(request, body)

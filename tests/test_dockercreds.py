@@ -103,13 +103,19 @@ def test_credential_helpers_as_docker_uses_them(pass_store, tmp_path):
 
 
 def test_scopes_of_requests():
-    assert scopes_for("/v2/") == ()
-    assert scopes_for("/v2/_catalog") == ()
-    assert scopes_for("/v2/alice/big/blobs/uploads/") == ("repository:alice/big:pull,push",)
-    assert scopes_for("/v2/a/b/c/manifests/v1") == ("repository:a/b/c:pull,push",)
-    assert scopes_for("/v2/alice/big/blobs/uploads/", "mount=sha256:ab&from=bob/base") == \
+    assert scopes_for("GET", "/v2/") == ()
+    assert scopes_for("GET", "/v2/_catalog") == ()
+    assert scopes_for("POST", "/v2/alice/big/blobs/uploads/") == ("repository:alice/big:pull,push",)
+    assert scopes_for("PATCH", "/v2/alice/big/blobs/uploads/abc") == ("repository:alice/big:pull,push",)
+    assert scopes_for("PUT", "/v2/a/b/c/manifests/v1") == ("repository:a/b/c:pull,push",)
+    assert scopes_for("HEAD", "/v2/a/b/c/blobs/sha256:ab") == ("repository:a/b/c:pull",)
+    assert scopes_for("GET", "/v2/a/b/c/manifests/v1") == ("repository:a/b/c:pull",)
+    assert scopes_for("GET", "/v2/a/blobs/uploads/abc") == ("repository:a:pull,push",)   # upload status
+    assert scopes_for("DELETE", "/v2/a/blobs/uploads/abc") == ("repository:a:pull,push",)
+    assert scopes_for("DELETE", "/v2/a/manifests/sha256:ab") == ("repository:a:delete",)
+    assert scopes_for("POST", "/v2/alice/big/blobs/uploads/", "mount=sha256:ab&from=bob/base") == \
         ("repository:alice/big:pull,push", "repository:bob/base:pull")
-    assert scopes_for("/v2/alice/blobs/x/tags/list") == ("repository:alice/blobs/x:pull,push",)
+    assert scopes_for("GET", "/v2/alice/blobs/x/tags/list") == ("repository:alice/blobs/x:pull",)
 
 
 def test_challenges():
