@@ -319,7 +319,9 @@ class RegistryAuth:
         except requests.RequestException as exc:
             log.warning("cannot reach %s/v2/ to learn how it authenticates: %s", self.upstream_url, exc)
             return None
-        challenge = parse_challenge(probe.headers.get("WWW-Authenticate")) if probe.status_code == 401 else None
+        challenge = None
+        if probe.status_code == 401:
+            challenge = parse_challenge(probe.headers.get("WWW-Authenticate"))
         if probe.status_code == 401 and challenge is None:
             self._warn_once(f"{self.upstream_url} asks for an authentication scheme the proxy does not "
                             "speak; requests are forwarded without credentials")

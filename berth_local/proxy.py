@@ -22,12 +22,13 @@ Authentication. docker keys its logins by the host of the image reference, so a 
 request that comes WITHOUT Authorization is authenticated by the proxy itself with the
 credentials docker stores for the upstream (berth_local/dockercreds.py: config.json `auths` and
 credential helpers, as skopeo and crane read them): it learns the upstream's challenge from the
-401 of `GET /v2/`, asks the realm for a token with the scope the request needs (pull to
-read, pull,push to upload, delete to delete, on the repository of the path; pull on the source
-of a cross-repository mount: least privilege, and an admin's pull through the proxy never
-creates a namespace on Berth, whose token endpoint creates one for an admin's push scope), caches it per scope
-until shortly before it expires, and adds it to every request it sends upstream (each piece of
-a long upload gets a current one; a 401 to one of them is retried once with a new token). The
+401 of `GET /v2/`, asks the realm for a token with the scope the request needs (pull to read,
+pull,push to upload, delete to delete, on the repository of the path; pull on the source of a
+cross-repository mount: least privilege, and an admin's pull through the proxy never creates a
+namespace on Berth, whose token endpoint creates one for an admin's push scope), caches it per
+scope until shortly before it expires, and adds it to every request it sends upstream (each
+piece of a long upload gets a current one; a 401 to one of them is retried once with a new
+token). The
 client then never sees a challenge: `GET /v2/` answers 200 and docker sends no credentials at
 all. Why here rather than by rewriting the challenge so that docker would ask the proxy: docker
 would still look up credentials for the proxy's host, not the upstream's. A request that carries
@@ -331,7 +332,8 @@ class UpstreamClient:
     def open(self, method: str, target: str, headers: Headers,
              body: "bytes | memoryview | Iterable[bytes] | None" = None,
              *, chunked: bool = False,
-             auth: Optional[ScopedAuth] = None) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+             auth: Optional[ScopedAuth] = None
+             ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send one request; return the connection and the response (body not yet read).
 
         `headers` are sent as given (plus Host, and the Authorization of `auth` when given); the
