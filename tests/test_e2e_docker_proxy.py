@@ -1,7 +1,8 @@
 """The real docker engine pushing a big layer through `berth proxy` to Berth as deployed.
 
-Berth is served through the local gateway in aws mode (API Gateway's and Lambda's rules and the
-front door: a request body over Lambda's limit gets API Gateway's own 413), so a 60 MiB layer
+Berth is `BERTH_GATEWAY=aws make run`: the local gateway in aws mode (API Gateway's and Lambda's
+rules and the front door: a request body over Lambda's limit gets API Gateway's own 413), on a
+fleet of three Lambda instances (BERTH_INSTANCES=3), so a 60 MiB layer
 only gets in cut into pieces by `berth proxy`. The user logs in ONCE, to the registry; the
 proxy uses that login (docker's config.json, or the credential helper it names), and the pull
 goes to the registry directly.
@@ -16,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from chalicelib.auth import accounts
+from tests.conftest import started_make_run
 from tests.support.berth_proxy import berth_proxy
 from tests.support.credhelper import pass_credential_store
 
@@ -26,26 +27,23 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def aws_registry(admin_credentials) -> Iterator[str]:
-    """host:port of Berth behind the emulated API Gateway + Lambda (BERTH_GATEWAY=aws)."""
-    from app import app
-    from berth_local.gateway import make_wsgi_app
-    from berth_local.serve import start_in_thread
-    gateway = make_wsgi_app(app, mode="aws")
-    server, port = start_in_thread(gateway)
-    gateway.public_url = f"http://127.0.0.1:{port}"     # the realm of the 401 challenge
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.close()
+def aws_run(tmp_path_factory):
+    with started_make_run(tmp_path_factory, BERTH_GATEWAY="aws", BERTH_INSTANCES="3") as run:
+        yield run
 
 
 @pytest.fixture(scope="module")
-def user() -> str:
+def aws_registry(aws_run) -> str:
+    """host:port of `BERTH_GATEWAY=aws BERTH_INSTANCES=3 make run`."""
+    return aws_run.host
+
+
+@pytest.fixture(scope="module")
+def user(aws_run) -> str:
     """A user with a namespace of the same name."""
     name = f"alice{uuid.uuid4().hex[:6]}"
-    accounts.create_user(name, PASSWORD, log2_n=10)
-    accounts.create_namespace(name, name)
+    aws_run.berth("user", "add", name, "--password-stdin", stdin=PASSWORD)
+    aws_run.berth("namespace", "add", name, "--owner", name)
     return name
 
 
