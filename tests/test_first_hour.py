@@ -1,12 +1,17 @@
 """What a newcomer meets first: refusals that say what to do, and the console's address."""
 from __future__ import annotations
 
+import subprocess
+import tarfile
 import uuid
 
 import pytest
 import requests
 
 from chalicelib.auth import accounts
+from tests.support.clients import ClientError, skopeo_copy
+from tests.support.dockerconfig import file_store_config
+from tests.support.images import build_image
 from tests.support.registry_api import RegistryClient, error_code, push_image
 
 PASSWORD = "first-hour-password"
@@ -115,3 +120,35 @@ def test_console_without_slash_redirects_as_html(registry):
     followed = requests.get(f"{registry}/v2/_berth/console")
     assert followed.status_code == 200 and "text/html" in followed.headers["Content-Type"]
     assert followed.url.endswith("/v2/_berth/console/")
+
+
+@pytest.mark.e2e
+@pytest.mark.needs("docker", "dockerd", "skopeo")
+def test_docker_and_skopeo_show_the_activation_hint(registry, docker_engine, tmp_path):
+    """What the user reads in the terminal, not only what the body says."""
+    user, namespace = new_user(), unused_namespace()
+    host = registry.split("//", 1)[1]
+    env = docker_engine.env(DOCKER_CONFIG=str(file_store_config(tmp_path / "docker-config")))
+
+    def docker(*args: str, stdin: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], input=stdin, env=env, capture_output=True,
+                              text=True, timeout=300)
+    image = f"{host}/{namespace}/hello:v1"
+    (tmp_path / "hello.txt").write_text("hello\n")
+    with tarfile.open(tmp_path / "hello.tar", "w") as tar:
+        tar.add(tmp_path / "hello.txt", arcname="hello.txt")
+    assert docker("import", str(tmp_path / "hello.tar"), image).returncode == 0
+    assert docker("login", host, "--username", user, "--password-stdin",
+                  stdin=PASSWORD).returncode == 0
+    try:
+        pushed = docker("push", image)
+        assert pushed.returncode != 0
+        assert (f"denied: namespace '{namespace}' does not exist: activate it in the console"
+                in pushed.stderr)
+        assert f"berth namespace add {namespace} --owner {user}" in pushed.stderr
+        img = build_image(tmp_path / "layout", layers=[1024], seed="first-hour")
+        with pytest.raises(ClientError) as refused:
+            skopeo_copy(img.oci_ref, f"docker://{image}", creds=f"{user}:{PASSWORD}")
+        assert f"namespace '{namespace}' does not exist" in refused.value.stderr
+    finally:
+        docker("rmi", "--force", image)

@@ -8,7 +8,7 @@ How it differs from a newcomer's terminal, and why:
   what `make run` runs once .venv exists), with its own BERTH_STATE_DIR, which the `berth`
   commands then read to find it, as they read .berth/local.json after a plain `make run`.
 - docker talks to a private dockerd (tests/support/dockerd.py: DOCKER_HOST) with a client
-  configuration of this test's own (docker_config below), and
+  configuration of this test's own (tests/support/dockerconfig.py), and
   podman and skopeo use a private storage, configuration and auth file (tests/support/clients.py
   Podman's environment), so the test touches no system image store and no user login.
 - The commands run in a scratch folder standing for the clone: it links the project's Makefile,
@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.clients import Podman
+from tests.support.dockerconfig import file_store_config
 from tests.support.makerun import ROOT, make_run_server
 
 README = ROOT / "README.md"
@@ -32,16 +33,6 @@ README_ADDRESS = "127.0.0.1:5000"
 PROJECT_LINKS = ("Makefile", "scripts", ".venv")
 PODMAN_VARIABLES = ("CONTAINERS_", "REGISTRY_AUTH_FILE", "XDG_DATA_HOME", "_CONTAINERS_", "TMPDIR")
 pytestmark = [pytest.mark.e2e, pytest.mark.needs("docker", "dockerd", "podman", "skopeo", "make")]
-
-
-def docker_config(folder: Path) -> Path:
-    """A docker client configuration of this test's own that keeps logins in its config.json, as
-    docker does on a fresh Debian machine. (With no login stored yet the CLI picks `pass` as its
-    credential store whenever `pass` is installed, as on this machine, and `docker login` then
-    fails on the uninitialised password store; an `auths` entry makes it use the file.)"""
-    folder.mkdir()
-    (folder / "config.json").write_text('{"auths": {"placeholder.invalid": {}}}')
-    return folder
 
 
 def quickstart_commands() -> list[str]:
@@ -74,7 +65,7 @@ def test_the_quick_start_runs_verbatim(tmp_path, docker_engine):
         (clone / name).symlink_to(ROOT / name)
     state = tmp_path / "berth-state"
     podman = Podman(tmp_path / "podman")
-    env = docker_engine.env(DOCKER_CONFIG=str(docker_config(tmp_path / "docker-config")))
+    env = docker_engine.env(DOCKER_CONFIG=str(file_store_config(tmp_path / "docker-config")))
     env.update({k: v for k, v in podman.env.items() if k.startswith(PODMAN_VARIABLES)})
     env = {k: v for k, v in env.items() if not k.startswith(("BERTH_", "AWS_"))}  # the test's moto
     env["BERTH_STATE_DIR"] = str(state)
