@@ -1,7 +1,7 @@
 """GET /v2/_berth/console/ and its two assets, as text responses.
 
 Text, not binary: a response whose Content-Type is one of the API's binary types needs a matching
-Accept header from the client (Chalice, see field notes). The pages fetch nothing from anywhere
+Accept header from the client (Chalice, see docs/client-behaviour.md). The pages fetch nothing from anywhere
 else (no CDN) and call the management API with a bearer token kept in sessionStorage: no cookies.
 """
 from __future__ import annotations
