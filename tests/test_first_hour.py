@@ -92,6 +92,17 @@ def test_anonymous_callers_learn_nothing_about_namespaces(registry, owner):
                         f"(docker login {host})")}
 
 
+def test_the_reason_cannot_break_the_challenge_header(registry):
+    user = new_user()
+    token = RegistryClient((user, PASSWORD)).token(registry, ("repository:x/y:pull",))
+    r = requests.get(f"{registry}/v2/{unused_namespace()}/app/tags/list",
+                     headers={"Authorization": f"Bearer {token}", "Host": 'evil"host\\x'})
+    challenge = r.headers["WWW-Authenticate"]
+    description = challenge.split('error_description="', 1)[1]
+    assert description.endswith('"') and '"' not in description[:-1] and "\\" not in description
+    assert "evilhostx" in description
+
+
 def test_a_pull_only_login_in_ones_own_namespace_says_so(registry, owner):
     owner_name, namespace = owner
     secret = accounts.create_access_token(owner_name, "ci-" + uuid.uuid4().hex[:6], "pull")

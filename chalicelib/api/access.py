@@ -50,7 +50,7 @@ def challenge(request: Request, route: Route, error: Optional[str]) -> RegistryE
     if error == "insufficient_scope":
         why = _refusal(request, route)
         if why is not None:   # docker shows error_description; HEAD answers have no body
-            parts.append(f'error_description="{why.message}"')
+            parts.append(f'error_description="{_quotable(why.message)}"')
         header = {"WWW-Authenticate": "Bearer " + ",".join(parts)}
         return RegistryError(why.code if why else "DENIED", why.message if why else None,
                              status=401, headers=header, detail={"scope": scope})
@@ -65,6 +65,11 @@ def _refusal(request: Request, route: Route) -> Optional[refusals.Refusal]:
         return None
     return refusals.explain(request.grants.subject, request.params["name"], route.action,
                             base_url(request))
+
+
+def _quotable(text: str) -> str:
+    """`text` fit for a quoted-string header parameter: it may echo the request's Host and path."""
+    return "".join(c for c in text if " " <= c <= "~" and c not in '"\\')
 
 
 def _bearer_token(request: Request) -> Optional[str]:
