@@ -17,10 +17,8 @@ How it differs from a newcomer's terminal, and why:
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
