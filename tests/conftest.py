@@ -7,7 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -15,6 +21,9 @@ from typing import Iterator
 import pytest
 
 from berth_local import backend
+from berth_local.backend import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MOTO_ENDPOINT, _MOTO = backend.start_moto_thread()
 backend.use_endpoint(MOTO_ENDPOINT)
@@ -133,11 +142,37 @@ def image_cache(tmp_path_factory) -> Path:
 def make_run(tmp_path_factory):
     """`python -m berth_local.run` (what `make run` runs) in its own process, on a free port,
     starting its own moto; yields (url, log path)."""
-    from tests.support.makerun import make_run_server
+    port = free_port()
+    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
+               BERTH_ADMIN_USER="runadmin", BERTH_ADMIN_PASSWORD="run-admin-password")
+    for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):   # it must set up its own
+        env.pop(name, None)
     log = tmp_path_factory.mktemp("make-run") / "server.log"
-    with make_run_server(log, BERTH_ADMIN_USER="runadmin",
-                         BERTH_ADMIN_PASSWORD="run-admin-password") as (url, _):
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(url + "/v2/", proc, log)
         yield url, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+
+
+def _wait_for(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"berth_local.run exited:\n{log.read_text()}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:   # 401 before login: it is up
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"no answer from {url}:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="session")

@@ -4,31 +4,40 @@
 How it differs from a newcomer's terminal, and why:
 - The README says 127.0.0.1:5000; the registry here runs on a free port (others may hold 5000),
   so `127.0.0.1:5000` is rewritten to the test's address in each command, and nothing else.
-- The line that starts `make run` is run by the fixture (`python -m berth_local.run`, which is
-  what `make run` runs once .venv exists), with its own BERTH_STATE_DIR, which the `berth`
+- The line that is `make run` is run by a fixture, as typed, in the background (a newcomer's
+  first terminal), with PORT set to a free port and its own BERTH_STATE_DIR, which the `berth`
   commands then read to find it, as they read .berth/local.json after a plain `make run`.
 - docker talks to a private dockerd (tests/support/dockerd.py: DOCKER_HOST) with a client
   configuration of this test's own (tests/support/dockerconfig.py), and
   podman and skopeo use a private storage, configuration and auth file (tests/support/clients.py
   Podman's environment), so the test touches no system image store and no user login.
-- The commands run in a scratch folder standing for the clone: it links the project's Makefile,
-  scripts/ and .venv/, so `make system-deps` and `.venv/bin/berth` work, while the files the
-  quick start makes (hello/, hello-oci/) stay out of the project.
+- The commands run in a scratch folder standing for the clone: it links the project's files
+  (Makefile, scripts/, .venv/, the code), so `make ...` and `.venv/bin/berth` work, while the
+  files the quick start makes (hello/, hello-oci/) stay out of the project.
 """
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+from berth_local.backend import free_port
 from tests.support.clients import Podman
 from tests.support.dockerconfig import file_store_config
-from tests.support.makerun import ROOT, make_run_server
+
+ROOT = Path(__file__).resolve().parent.parent
 
 README = ROOT / "README.md"
 README_ADDRESS = "127.0.0.1:5000"
-PROJECT_LINKS = ("Makefile", "scripts", ".venv")
 PODMAN_VARIABLES = ("CONTAINERS_", "REGISTRY_AUTH_FILE", "XDG_DATA_HOME", "_CONTAINERS_", "TMPDIR")
 pytestmark = [pytest.mark.e2e, pytest.mark.needs("docker", "dockerd", "podman", "skopeo", "make")]
 
@@ -43,39 +52,65 @@ def quickstart_commands() -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
-def is_make_run(command: str) -> bool:
-    return command.split("#", 1)[0].split() == ["make", "run"]
-
-
 def test_the_readme_block_is_what_the_issue_asks_for():
     commands = quickstart_commands()
-    assert sum(map(is_make_run, commands)) == 1
+    assert commands.count("make run") == 1
     first = {tool: next(i for i, c in enumerate(commands) if re.search(rf"(^|\| ){tool} ", c))
              for tool in ("docker", "podman", "skopeo")}
     assert first["docker"] < first["podman"] < first["skopeo"]     # docker's commands come first
     assert any(c.startswith("make system-deps") for c in commands[:commands.index("make run")])
 
 
+@contextmanager
+def make_run(command: str, clone: Path, env: dict) -> Iterator[str]:
+    """Run the README's `make run` line in `clone` on a free port; yield the registry's address
+    once it answers; stop that process group (make and the server it started) at the end."""
+    port = free_port()
+    log = clone.parent / "make-run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=clone, env=dict(env, PORT=str(port)),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"make run exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"make run never answered:\n{log.read_text()}"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            except urllib.error.HTTPError:       # 401: it is up
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def stand_in_clone(folder: Path) -> Path:
+    """A folder that looks like the clone to `make` and `.venv/bin/...`: links to every file of
+    the project's top level (but the state folder of a `make run` the developer may have)."""
+    folder.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in (".git", ".berth"):
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
 def test_the_quick_start_runs_verbatim(tmp_path, docker_engine):
-    clone = tmp_path / "clone"
-    clone.mkdir()
-    for name in PROJECT_LINKS:
-        (clone / name).symlink_to(ROOT / name)
-    state = tmp_path / "berth-state"
+    clone = stand_in_clone(tmp_path / "clone")
     podman = Podman(tmp_path / "podman")
     env = docker_engine.env(DOCKER_CONFIG=str(file_store_config(tmp_path / "docker-config")))
     env.update({k: v for k, v in podman.env.items() if k.startswith(PODMAN_VARIABLES)})
     env = {k: v for k, v in env.items() if not k.startswith(("BERTH_", "AWS_"))}  # the test's moto
-    env["BERTH_STATE_DIR"] = str(state)
+    env.update(BERTH_STATE_DIR=str(tmp_path / "berth-state"), BERTH_LOG_LEVEL="WARNING")
+    commands = quickstart_commands()
+    server = commands.index("make run")
     address = None
     try:
-        with make_run_server(tmp_path / "make-run.log", BERTH_STATE_DIR=str(state),
-                             BERTH_ADMIN_PASSWORD="quickstart-admin-pw") as (url, _):
-            address = url.split("//", 1)[1]
+        with make_run(commands[server], clone, env) as address:
             ran = []
-            for command in quickstart_commands():
-                if is_make_run(command):
-                    continue              # the fixture's server is that terminal
+            for command in commands[:server] + commands[server + 1:]:
                 command = command.replace(README_ADDRESS, address)
                 done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=clone,
                                       env=env, capture_output=True, text=True, timeout=600)
