@@ -163,3 +163,21 @@ def test_docker_and_skopeo_show_the_activation_hint(registry, docker_engine, tmp
         assert f"namespace '{namespace}' does not exist" in refused.value.stderr
     finally:
         docker("rmi", "--force", image)
+
+
+def test_an_admin_with_a_pull_token_is_told_about_the_token(registry, owner):
+    _, namespace = owner
+    admin = "adm" + uuid.uuid4().hex[:8]
+    accounts.create_user(admin, PASSWORD, admin=True, log2_n=10)
+    secret = accounts.create_access_token(admin, "ci", "pull")
+    code, message, _ = refusal(RegistryClient((admin, secret)).post(
+        f"{registry}/v2/{namespace}/app/blobs/uploads/"))
+    assert code == "DENIED" and "role (admin)" in message and "pull-only access token" in message
+    # nor does such a token create the namespace an admin's push would
+    missing = unused_namespace()
+    code, message, _ = refusal(RegistryClient((admin, secret)).post(
+        f"{registry}/v2/{missing}/app/blobs/uploads/"))
+    assert code == "NAME_UNKNOWN" and "as an admin, push with your password" in message
+    assert accounts.get_namespace(missing) is None
+    push_image(registry, f"{missing}/app", "v1", client=RegistryClient((admin, PASSWORD)))
+    assert accounts.get_namespace(missing).owner == admin

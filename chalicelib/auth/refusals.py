@@ -35,12 +35,17 @@ def explain(subject: Optional[str], repository: str, action: str, registry_url: 
         return Refusal("DENIED", f"requested access to the resource is denied: sign in first "
                                  f"(docker login {host})")
     namespace = oci.namespace_of(repository)
+    user = accounts.get_user(subject)
+    admin = user is not None and user.admin
     if accounts.get_namespace(namespace) is None:
+        if admin:
+            return Refusal("NAME_UNKNOWN", f"namespace '{namespace}' does not exist: as an admin, "
+                           f"push with your password or a push access token and it is created")
         return Refusal("NAME_UNKNOWN", f"namespace '{namespace}' does not exist: activate it in "
                        f"the console ({registry_url}/v2/_berth/console/) or ask an admin to run "
                        f"'berth namespace add {namespace} --owner {subject}', then push again")
-    role = accounts.role_in(subject, namespace)
-    if role is not None and action in accounts.ROLES[role]:
+    role = "admin" if admin else accounts.role_in(subject, namespace)
+    if role == "admin" or (role is not None and action in accounts.ROLES[role]):
         return Refusal("DENIED", f"your login may not {action} in '{namespace}' although your "
                        f"role ({role}) allows it: it used a pull-only access token, or the client "
                        f"kept a token it asked for with fewer rights; log in again with your "
