@@ -1,8 +1,8 @@
 """A local API Gateway (REST API, Lambda proxy integration) in front of a Chalice app, as WSGI.
 
 Why not `chalice local`: it loses chunked request bodies (what podman sends), writes bodies on
-HEAD, matches `{proxy+}` as one segment and emulates no size limit (see field-notes.md). This
-module builds the same v1 proxy event API Gateway would, calls `chalice_app(event, context)`
+HEAD, matches `{proxy+}` as one segment and emulates no size limit (docs/client-behaviour.md).
+This module builds the same v1 proxy event API Gateway would, calls `chalice_app(event, context)`
 exactly as Lambda does, and turns the returned dict back into an HTTP response.
 
 Modes:

@@ -12,6 +12,7 @@ command -v dockerd >/dev/null || need+=(docker.io)    # the real docker engine (
 command -v ctr >/dev/null || need+=(containerd)       # containerd's ctr client
 command -v pass >/dev/null || need+=(pass)             # the password store of docker-credential-pass (below)
 command -v docker-registry >/dev/null || need+=(docker-registry)   # reference registry (self-checks, bench)
+command -v openssl >/dev/null || need+=(openssl)     # the proxy test's HTTPS upstream
 if [ "${BERTH_BENCH_DEPS:-}" = 1 ]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v hey >/dev/null || need+=(hey)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,31 @@ for _name in ("BERTH_TOKEN_KEY_FILE", "BERTH_TOKEN_KEY_PARAM", "BERTH_PUBLIC_URL
 
 def pytest_unconfigure(config):
     _MOTO.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*tools): commands (or absolute paths) the test runs; "
+                            "a missing one fails the test")
+
+
+def pytest_runtest_setup(item):
+    """A test that cannot run is a failure: `make test` installs what `needs` names."""
+    for mark in item.iter_markers("needs"):
+        missing = [t for t in mark.args if shutil.which(t) is None]
+        if missing:
+            pytest.fail(f"{', '.join(missing)} not installed: run `make system-deps` "
+                        f"(scripts/install-system-deps.sh)", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """No skips in this project (a skipped test is a test CI never ran): report one as failed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which counts as a failure here: {reason}"
 
 
 @pytest.fixture(scope="session")

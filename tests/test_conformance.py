@@ -49,6 +49,8 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 import requests
 
+from tests.support.registry_api import RegistryClient
+
 # ------------------------------------------------------------------------------------------------
 # The environment of the run (setup.go: init())
 # ------------------------------------------------------------------------------------------------
@@ -60,8 +62,7 @@ RUN_PUSH_SETUP = True
 RUN_CONTENT_DISCOVERY_SETUP = True      # OCI_TAG_LIST unset
 RUN_CONTENT_MANAGEMENT_SETUP = True
 DELETE_MANIFEST_BEFORE_BLOBS = True     # OCI_DELETE_MANIFEST_BEFORE_BLOBS unset
-RUN_AUTOMATIC_CROSSMOUNT_TEST = False   # OCI_AUTOMATIC_CROSSMOUNT unset (os.LookupEnv fails)
-AUTOMATIC_CROSSMOUNT_ENABLED = False
+AUTOMATIC_CROSSMOUNT_ENABLED = False    # OCI_AUTOMATIC_CROSSMOUNT: Berth never mounts without `from`
 
 USER_AGENT = "distribution-spec-conformance-tests"
 TEST_TAG_NAME = "tagtest0"
@@ -426,8 +427,9 @@ def get_tag_list(resp: requests.Response) -> List[str]:
 
 
 def run_only_if(condition: bool) -> None:
-    if not condition:
-        pytest.skip("you have skipped this test.")
+    """The suite's RunOnlyIf. Where the Go suite would skip, this port fails: every step is meant
+    to run against Berth (make test has no skips), so a precondition that stops holding is news."""
+    assert condition, "this step's precondition does not hold: the Go suite would skip it"
 
 
 def run_only_if_not(condition: bool) -> None:
@@ -514,9 +516,8 @@ def test_01_pull_setup_populate_test_manifest_by_digest(client):
     assert is_2xx(resp.status_code), show(resp)
 
 
-# 01_pull_test.go: Pull / Setup / "Get tag name from environment"
-def test_01_pull_setup_get_tag_name_from_environment(client):
-    run_only_if_not(RUN_PULL_SETUP)
+# 01_pull_test.go: Pull / Setup / "Get tag name from environment": not ported, this port always
+# runs the setup above (RUN_PULL_SETUP).
 
 
 # 01_pull_test.go: Pull / Pull blobs / "HEAD request to nonexistent blob should result in 404
@@ -882,12 +883,21 @@ def test_02_push_crossmount_from_other_repo_201_or_202(client):
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "GET request to test digest within
 # cross-mount namespace should return 200"
+# The suite's client asks the token endpoint for the challenge's scope only (the target), so
+# Berth may not let it read the source and answers the 202 above (the Go suite then skips this
+# step). docker also asks for pull on the source; with such a token the mount is a 201.
 def test_02_push_crossmount_get_mounted_blob_200(client):
-    run_only_if(S.push_lastResponse.status_code == 201)
-    assert relative_location(S.push_lastResponse) == \
-        f"/v2/{client.crossmount}/blobs/{D.testBlobADigest}", show(S.push_lastResponse)
-    resp = client.do("GET", relative_location(S.push_lastResponse))
-    assert resp.status_code == 200, show(resp)
+    token = RegistryClient(client.credentials).token(client.address, (
+        f"repository:{client.crossmount}:pull,push", f"repository:{client.default_name}:pull"))
+    auth = {"Authorization": f"Bearer {token}"}
+    resp = requests.post(f"{client.address}/v2/{client.crossmount}/blobs/uploads/",
+                         params={"mount": D.testBlobADigest, "from": client.default_name},
+                         headers=auth)
+    assert resp.status_code == 201, show(resp)
+    assert relative_location(resp) == f"/v2/{client.crossmount}/blobs/{D.testBlobADigest}", \
+        show(resp)
+    resp = requests.get(client.address + relative_location(resp), headers=auth)
+    assert resp.status_code == 200 and resp.content == D.testBlobA, show(resp)
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting of nonexistent blob should
@@ -899,22 +909,14 @@ def test_02_push_crossmount_nonexistent_blob_session(client):
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting without from, and
-# automatic content discovery enabled should return a 201"
-def test_02_push_crossmount_automatic_enabled_201(client):
-    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
-    run_only_if(S.push_lastResponse.status_code == 201)
-    run_only_if(AUTOMATIC_CROSSMOUNT_ENABLED)
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
-                     query={"mount": D.testBlobADigest})
-    assert resp.status_code == 201, show(resp)
+# automatic content discovery enabled should return a 201": Berth has no automatic content
+# discovery (AUTOMATIC_CROSSMOUNT_ENABLED is False), so only the next step applies.
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting without from, and
 # automatic content discovery disabled should return a 202"
 def test_02_push_crossmount_automatic_disabled_202(client):
-    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
-    run_only_if(S.push_lastResponse.status_code == 201)
-    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED)
+    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED)   # the blob is mountable: the step above
     resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.testBlobADigest})
     assert resp.status_code == 202, show(resp)
@@ -1024,9 +1026,8 @@ def test_03_discovery_setup_populate_test_tags(client):
     S.disc_tagList = get_tag_list(resp)
 
 
-# 03_discovery_test.go: Content Discovery / Setup / "Populate registry with test tags (no push)"
-def test_03_discovery_setup_populate_test_tags_no_push(client):
-    run_only_if_not(RUN_CONTENT_DISCOVERY_SETUP)
+# 03_discovery_test.go: Content Discovery / Setup / "Populate registry with test tags (no push)":
+# not ported, this port always runs the setup above (RUN_CONTENT_DISCOVERY_SETUP).
 
 
 # 03_discovery_test.go: Content Discovery / Setup / "References setup"

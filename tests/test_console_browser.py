@@ -26,16 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots" / "console"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:          # pragma: no cover - skipped below
-    sync_playwright = None
+from playwright.sync_api import expect, sync_playwright
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
-    pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed"),
+    pytest.mark.needs(CHROMIUM, "skopeo"),
 ]
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]

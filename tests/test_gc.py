@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
@@ -264,7 +263,7 @@ def test_a_manifest_with_more_references_than_a_transaction_holds(registry, cloc
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
+@pytest.mark.needs("skopeo")
 def test_skopeo_images_sharing_layers(registry, image_cache, tmp_path):
     from tests.support.clients import layout_digests, skopeo_copy, skopeo_delete
     from tests.support.images import build_image, build_index

@@ -17,7 +17,6 @@ import hashlib
 import http.client
 import json
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -792,7 +791,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_replaced(fake):
         server.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest.mark.needs("openssl")
 def test_an_https_upstream(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -938,8 +937,8 @@ def test_berth_behind_a_lambda_limit_takes_a_big_blob_through_the_proxy(lambda_r
 # The real clients, with a 200 MiB layer
 # ----------------------------------------------------------------------------------------------
 
-needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
-needs_podman = pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+needs_skopeo = pytest.mark.needs("skopeo")
+needs_podman = pytest.mark.needs("podman")
 
 
 def _creds() -> str:

@@ -71,7 +71,8 @@ def _grant(principal, requested: List[Scope]) -> List[Scope]:
             continue
         if not oci.is_valid_name(scope.name):
             continue
-        if principal is not None and principal.admin and PUSH in scope.actions:
+        if principal is not None and principal.admin and PUSH in scope.actions and \
+                PUSH in accounts.permitted_actions(principal, scope.name):   # not a pull token
             _create_namespace_for_admin(principal.username, scope.name)
         allowed = scope.actions & accounts.permitted_actions(principal, scope.name)
         if allowed:
