@@ -66,8 +66,10 @@ def main() -> int:
         admin, generated_password = _ensure_admin()
         from app import app
         from berth_local.gateway import make_wsgi_app
+        from berth_local.root import console_at_root
         from berth_local.serve import serve
-        wsgi = make_wsgi_app(app, max_body_bytes=int(max_body) if max_body else None)
+        wsgi = console_at_root(make_wsgi_app(app, max_body_bytes=int(max_body) if max_body
+                                             else None))
         _write_state(url, endpoint)
         print(f"Berth registry: {url}  (moto S3+DynamoDB: {endpoint})", flush=True)
         if generated_password:
