@@ -110,12 +110,19 @@ def test_console_assets_are_text_with_a_strict_policy(registry):
 VIEWPORTS = {"desktop": {"width": 1280, "height": 820}, "phone": {"width": 390, "height": 844}}
 
 
+WIDER_THAN_SCREEN = """() => [...document.querySelectorAll('body *')].filter(el =>
+    el.getBoundingClientRect().right > innerWidth + 1 && !el.closest('.table-box, .cmd, .nav'))
+    .slice(0, 8).map(el => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect()
+    .right)}`)"""
+
+
 def check_page(page, what: str) -> None:
     """What every page must do: no sideways scrolling of the page (at 390 px too), and no
     serious or critical accessibility violation (axe-core)."""
     page.wait_for_timeout(100)
     widths = page.evaluate("[document.scrollingElement.scrollWidth, innerWidth]")
-    assert widths[0] <= widths[1], f"{what}: the page scrolls sideways ({widths})"
+    assert widths[0] <= widths[1], f"{what}: the page scrolls sideways ({widths}): " + str(
+        page.evaluate(WIDER_THAN_SCREEN))
     dialog = page.locator("dialog[open]")
     if dialog.count():
         box = dialog.bounding_box()
