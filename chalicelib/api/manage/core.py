@@ -191,6 +191,29 @@ def limit_arg(request: Request, default: int, maximum: int) -> int:
     return int(raw)
 
 
+SEARCH_MAX = 255
+
+
+def search_arg(request: Request) -> str:
+    """The `q` search string, lowercased (names are)."""
+    search = (request.arg("q") or "").strip().lower()
+    if len(search) > SEARCH_MAX:
+        raise bad(f"the search string is longer than {SEARCH_MAX} characters", "q")
+    return search
+
+
+def cursor_arg(request: Request, valid: Callable[[str], bool]) -> Optional[str]:
+    """The name a page continues after, from the `cursor` this API returned (None: first page)."""
+    from chalicelib.storage import stats
+    cursor = request.arg("cursor") or None
+    if not cursor:
+        return None
+    after = stats.decode_cursor(cursor)
+    if after is None or not valid(after):
+        raise bad("this cursor is not one this API returned", "cursor")
+    return after
+
+
 def registry_host(request: Request) -> str:
     """The host:port clients use in image references (docker pull HOST/name:tag)."""
     base = access.base_url(request)
@@ -230,5 +253,5 @@ def endpoint(method: str, path: str, template: str, summary: str, *,
 
 
 __all__ = ["ApiError", "Caller", "DELETE", "PULL", "PUSH", "bad", "bool_field", "conflict",
-           "endpoint", "forbidden", "json_body", "limit_arg", "not_found", "registry_host",
-           "reply", "text_field"]
+           "cursor_arg", "endpoint", "forbidden", "json_body", "limit_arg", "not_found",
+           "registry_host", "reply", "search_arg", "text_field"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict, List, Optional
 
 from chalicelib import oci
-from chalicelib.api.manage.core import Caller, bad, endpoint, limit_arg
+from chalicelib.api.manage.core import Caller, cursor_arg, endpoint, limit_arg, search_arg
 from chalicelib.api.manage.repos import (META_SK, PAGE_DEFAULT, PAGE_MAX, SEARCH_QUERIES,
                                          RepoMetaItem, _actions, _namespace_public, meta_pk,
                                          repository_json)
@@ -48,15 +48,8 @@ def _public_page(search: Optional[str], limit: int, after: Optional[str]):
           "paginated with a cursor", query=["q", "limit", "cursor"])
 def explore(request: Request, caller: Caller) -> dict:
     limit = limit_arg(request, PAGE_DEFAULT, PAGE_MAX)
-    search = (request.arg("q") or "").strip().lower()
-    if len(search) > 255:
-        raise bad("the search string is longer than 255 characters", "q")
-    cursor = request.arg("cursor") or None
-    after = None
-    if cursor:
-        after = stats.decode_cursor(cursor)
-        if after is None or not oci.is_valid_name(after):
-            raise bad("this cursor is not one this API returned", "cursor")
+    search = search_arg(request)
+    after = cursor_arg(request, oci.is_valid_name)
     found, next_after, namespace_public = _public_page(search, limit, after)
     metas = stats.batch_get(RepoMetaItem, [(meta_pk(r.sk), META_SK) for r in found])
     roles: Dict[str, Optional[str]] = {}

@@ -7,8 +7,8 @@ from pynamodb.exceptions import DoesNotExist
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
-from chalicelib.api.manage.core import (Caller, bad, bool_field, conflict, endpoint, forbidden,
-                                        json_body, limit_arg, not_found, text_field)
+from chalicelib.api.manage.core import (Caller, bad, bool_field, conflict, cursor_arg, endpoint,
+                                        forbidden, json_body, limit_arg, not_found, text_field)
 from chalicelib.api.router import Request
 from chalicelib.auth import accounts
 from chalicelib.storage import metadata, stats
@@ -200,12 +200,7 @@ def _user_json(item: UserItem) -> dict:
 def list_users(request: Request, caller: Caller) -> dict:
     _require_admin(caller)
     limit = limit_arg(request, 100, 1000)
-    cursor = request.arg("cursor") or None
-    after = None
-    if cursor:
-        after = stats.decode_cursor(cursor)
-        if after is None or not oci.is_valid_username(after):
-            raise bad("this cursor is not one this API returned", "cursor")
+    after = cursor_arg(request, oci.is_valid_username)
     users, more = accounts.list_users(limit, after)
     next_cursor = stats.encode_cursor(users[-1].pk[len("user#"):]) if more and users else None
     return {"users": [_user_json(u) for u in users], "next_cursor": next_cursor}

@@ -18,8 +18,8 @@ from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
 from chalicelib.api.manage.core import (DELETE, PULL, PUSH, Caller, ApiError, bad, conflict,
-                                        endpoint, forbidden, json_body, limit_arg, not_found,
-                                        registry_host, text_field)
+                                        cursor_arg, endpoint, forbidden, json_body, limit_arg,
+                                        not_found, registry_host, search_arg, text_field)
 from chalicelib.api.router import Request
 from chalicelib.auth import accounts
 from chalicelib.storage import metadata, stats
@@ -129,16 +129,9 @@ def repository_json(request: Request, repo: RepoItem, meta: Optional[RepoMetaIte
           query=["namespace", "q", "limit", "cursor"])
 def list_repositories(request: Request, caller: Caller) -> dict:
     limit = limit_arg(request, PAGE_DEFAULT, PAGE_MAX)
-    search = (request.arg("q") or "").strip().lower()
-    if len(search) > 255:
-        raise bad("the search string is longer than 255 characters", "q")
+    search = search_arg(request)
     namespace = request.arg("namespace") or None
-    cursor = request.arg("cursor") or None
-    after = None
-    if cursor:
-        after = stats.decode_cursor(cursor)
-        if after is None or not oci.is_valid_name(after):
-            raise bad("this cursor is not one this API returned", "cursor")
+    after = cursor_arg(request, oci.is_valid_name)
     if namespace is not None:
         if not oci.is_valid_namespace(namespace):
             raise bad(f"invalid namespace {namespace[:100]!r}", "namespace")

@@ -16,7 +16,7 @@ from chalicelib.api import access
 from chalicelib.api.manage.core import (SESSION_COOKIE, ApiError, Caller, bad, endpoint,
                                         forbidden, json_body, reply, text_field)
 from chalicelib.api.router import Request
-from chalicelib.api.token import API_TOKEN_TTL, console_session
+from chalicelib.api.token import console_session
 from chalicelib.auth import accounts
 from chalicelib.config import settings
 

@@ -578,6 +578,21 @@ async function newRepositoryDialog(namespace) {
   }
 }
 
+/* A list's "Load more" (or nothing when the list is complete); load(cursor, append). */
+function moreButton(results, cursor, load) {
+  const old = results.querySelector(".more");
+  if (old) old.remove();
+  if (cursor) {
+    results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(cursor, true); }}, "Load more")));
+  }
+}
+
+function searchAsYouType(search, load) {
+  let timer = null;
+  search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load(null, false), 250); });
+  search.addEventListener("keydown", (e) => { if (e.key === "Enter") { clearTimeout(timer); load(null, false); } });
+}
+
 /* Every tag of a repository (all pages), for a confirmation that names what goes. */
 async function allTags(name) {
   const names = [];
@@ -717,16 +732,10 @@ async function imagesPage() {
     }
     table.append(...rows);
     selectionChanged();
-    const old = results.querySelector(".more");
-    if (old) old.remove();
-    if (page.next_cursor) {
-      results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(page.next_cursor, true); }}, "Load more")));
-    }
+    moreButton(results, page.next_cursor, load);
   }
 
-  let timer = null;
-  search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load(null, false), 250); });
-  search.addEventListener("keydown", (e) => { if (e.key === "Enter") { clearTimeout(timer); load(null, false); } });
+  searchAsYouType(search, load);
   if (nsSelect) nsSelect.addEventListener("change", () => {
     currentNamespace = nsSelect.value;
     head.replaceChildren("Repositories in ", h("span", {class: "nowrap"}, `${HOST}/${currentNamespace}`));
@@ -787,14 +796,9 @@ async function explorePage() {
         body));
     }
     body.append(...rows);
-    const old = results.querySelector(".more");
-    if (old) old.remove();
-    if (page.next_cursor) {
-      results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(page.next_cursor, true); }}, "Load more")));
-    }
+    moreButton(results, page.next_cursor, load);
   }
-  let timer = null;
-  search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load(null, false), 250); });
+  searchAsYouType(search, load);
   await load(null, false);
 }
 
