@@ -168,3 +168,30 @@ def test_explore_lists_public_repositories_of_every_namespace(registry):
     found = viewer.get("explore", params={"q": ns_b}).json()["repositories"]
     assert [x["name"] for x in found] == [f"{ns_b}/tool"]
     refused(viewer.get("explore", params={"cursor": "garbage"}), 400, "cursor")
+
+
+def test_explore_reads_are_bounded_by_private_repositories(registry, aws_calls):
+    """1,000 private repositories ahead of every public one: an Explore page stops after its 5
+    Queries with a cursor, instead of reading the whole registry."""
+    import time
+    from chalicelib.storage.models import REPOS_PK, RepoItem
+    owner, ns = new_user(), "0" + uuid.uuid4().hex[:8]        # sorts before other namespaces
+    accounts.create_namespace(ns, owner)
+    now = time.time()
+    bulk = [RepoItem(REPOS_PK, f"{ns}/r{i:04d}", created=now, updated=now) for i in range(1000)]
+    with RepoItem.batch_write() as batch:
+        for item in bulk:
+            batch.save(item)
+    viewer = Api(registry, new_user())
+    try:
+        aws_calls.reset()
+        r = viewer.get("explore", params={"limit": 20})
+        assert r.status_code == 200, r.text
+        assert r.json()["repositories"] == [] and r.json()["next_cursor"]
+        queries = aws_calls.calls[("dynamodb", "Query")]
+        assert queries == 5, aws_calls.calls
+        assert aws_calls.count("dynamodb") <= 5 + 3, aws_calls.calls   # + user, namespace
+    finally:
+        with RepoItem.batch_write() as batch:
+            for item in bulk:
+                batch.delete(item)
