@@ -158,7 +158,10 @@ def test_console_end_to_end(page, screen, registry, image_cache, tmp_path):
     user, namespace = {"desktop": ("dana", "acme"), "phone": ("lee", "lee-labs")}[screen]
     if accounts.get_user(user) is not None or accounts.get_namespace(namespace) is not None:
         user, namespace = "web" + uuid.uuid4().hex[:8], "team" + uuid.uuid4().hex[:6]
-    accounts.create_user(user, PASSWORD, log2_n=10)
+    # on the phone the user starts with an administrator's initial password and sets their own
+    # registry password while activating
+    initial = PASSWORD if screen == "desktop" else "initial password from the admin"
+    accounts.create_user(user, initial, log2_n=10)
     creds = f"{user}:{PASSWORD}"
     small = build_image(image_cache / "console-small", layers=[300 * KiB, 120 * KiB],
                         seed="berth-console")
@@ -172,11 +175,19 @@ def test_console_end_to_end(page, screen, registry, image_cache, tmp_path):
     shot(page, f"01-sign-in{suffix}")
     sign_in(page, user, "wrong password!")
     expect(page.locator("[data-field=password] .field-error")).to_contain_text("Incorrect")
-    sign_in(page, user)
+    sign_in(page, user, initial)
 
-    # ---- activation: namespace, with the user name docker login takes
+    # ---- activation: namespace, user name and registry password in one form
     expect(page.get_by_role("heading", name="Activate the registry")).to_be_visible()
     expect(page.get_by_label("User name for docker login")).to_have_value(user)
+    if initial != PASSWORD:
+        page.get_by_label("Namespace").fill(namespace)
+        page.locator("input[name=current_password]").fill("not the password")
+        page.get_by_label("New registry password").fill(PASSWORD)
+        page.get_by_label("New registry password").press("Enter")
+        expect(page.locator("[data-field=current_password] .field-error")).to_contain_text(
+            "not right")
+        page.locator("input[name=current_password]").fill(initial)
     page.get_by_label("Namespace").fill("Not Valid!")
     page.get_by_label("Namespace").press("Enter")
     error = page.locator("[data-field=name] .field-error")
@@ -187,6 +198,9 @@ def test_console_end_to_end(page, screen, registry, image_cache, tmp_path):
     page.get_by_label("Namespace").fill(namespace)
     page.get_by_label("Namespace").press("Enter")
     expect(page.get_by_role("heading", name="No images yet")).to_be_visible()
+    for password, status in ((initial, 401 if initial != PASSWORD else 200), (PASSWORD, 200)):
+        assert requests.get(f"{registry}/v2/_berth/token",
+                            auth=(user, password)).status_code == status
     login = f"docker login --username={user} {host}"
     assert page.locator(".cmd code").all_text_contents().count(login) == 1
     check_page(page, "images, empty")

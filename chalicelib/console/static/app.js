@@ -433,23 +433,40 @@ async function signUpPage() {
   (signupMode === "invite" ? inputs.invite : inputs.username).focus();
 }
 
-/* Activation of a signed-in user who has no namespace yet: the namespace, with the user name
- * and password that docker login takes. */
+/* Activation of a signed-in user who has no namespace yet, in one form: the namespace, the user
+ * name docker login takes (the account's own), and the registry password: the current one, or a
+ * new one (e.g. replacing the initial password an administrator gave). */
 function activatePage() {
   setChrome(null);
   const name = h("input", {type: "text", name: "name", autocapitalize: "off", spellcheck: "false",
                            value: me.username.replace(/[^a-z0-9._-]+/g, "")});
   const user = h("input", {type: "text", name: "login", readonly: true, value: me.username});
+  const current = h("input", {type: "password", name: "current_password", autocomplete: "current-password"});
+  const fresh = h("input", {type: "password", name: "new_password", autocomplete: "new-password"});
   const form = h("form", {class: "panel-body", novalidate: true},
     field("Namespace", name, `— ${NAMESPACE_HINT}`),
     field("User name for docker login", user, "— your account's"),
-    h("p", {class: "hint"}, "Registry password: the password you signed in with (CI can use an access token from the Account page instead). Your images will be ",
+    field("Registry password", current, "— the one you signed in with"),
+    field("New registry password", fresh, "— optional, at least 8 characters: replaces it for docker login and this console"),
+    h("p", {class: "hint"}, "Your images will be ",
       h("span", {class: "mono nowrap"}, `${HOST}/<namespace>/<image>:<tag>`), ". The namespace cannot be changed later."),
     h("button", {type: "submit", class: "btn btn-primary btn-block"}, "Activate"));
   onSubmit(form, async (data) => {
     const value = String(data.get("name")).trim();
+    const password = String(data.get("current_password")), next = String(data.get("new_password"));
     if (!value) throw new ApiError(400, {message: "Choose a namespace.", field: "name"});
-    await api("POST", "/namespaces", {name: value});
+    if (next && !password) throw new ApiError(400, {message: "Enter your current password to set a new one.", field: "current_password"});
+    if (next && next.length < 8) throw new ApiError(400, {message: "The new password must have at least 8 characters.", field: "new_password"});
+    try {
+      await api("POST", "/namespaces", {name: value});
+    } catch (error) {      // made by an earlier try whose password step failed: go on
+      if (error.code !== "ALREADY_EXISTS" || !(await api("GET", "/me")).namespaces.some(n => n.name === value)) throw error;
+    }
+    if (next) {
+      // a password change ends every session: open a new one with the new password
+      await api("PUT", "/me/password", {current_password: password, new_password: next});
+      await signIn(me.username, next);
+    }
     me = await api("GET", "/me");
     currentNamespace = value;
     toast(`Namespace ${value} is yours`);
