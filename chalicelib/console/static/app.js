@@ -956,7 +956,7 @@ async function repositoryPage(name) {
       h("div", {class: "fact"}, h("div", {class: "k"}, "Size"), h("div", {class: "v", "data-fact": "size"}, formatSize(repo.size))),
       h("div", {class: "fact"}, h("div", {class: "k"}, "Last push"), h("div", {class: "v"}, timeEl(repo.last_push))),
       h("div", {class: "fact"}, h("div", {class: "k"}, "Your access"), h("div", {class: "v"}, repo.role || "pull"))),
-    h("div", {class: "grid"},
+    h("div", {class: "stack"},
       h("div", {},
         h("section", {class: "panel", "aria-labelledby": "about"},
           h("div", {class: "panel-head"}, h("h2", {id: "about"}, "About"),
