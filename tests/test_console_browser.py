@@ -428,7 +428,7 @@ def test_admin_sees_users_page(page, registry, admin_credentials):
     expect(page.locator(f"tr[data-user='{admin_credentials[0]}']")).to_be_visible()
     page.get_by_role("button", name="Create an invitation").click()
     expect(page.locator(".secret code")).to_have_count(1)
-    for width in (1280, 390):
+    for width in (1280, 390, 360):
         page.set_viewport_size({"width": width, "height": 820})
         check_page(page, f"users at {width} px")
     page.mouse.move(0, 0)
