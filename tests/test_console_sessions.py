@@ -34,7 +34,7 @@ def signup_mode(monkeypatch):
     settings.cache_clear()
 
 
-def test_session_cookie_is_http_only_strict_and_needs_the_console_header(registry):
+def test_session_cookie_is_http_only_strict_and_needs_the_console_header(registry, monkeypatch):
     user = new_user()
     browser = requests.Session()
     r = browser.post(f"{registry}{API}/session", json={"username": user, "password": "wrong!!"})
@@ -46,6 +46,16 @@ def test_session_cookie_is_http_only_strict_and_needs_the_console_header(registr
     for part in ("berth_session=", "HttpOnly", "SameSite=Strict", "Path=/v2/_berth/api/",
                  "Max-Age=3600"):
         assert part in cookie, cookie
+    assert "Secure" not in cookie                # plain HTTP here; served over HTTPS it is Secure
+    monkeypatch.setenv("BERTH_PUBLIC_URL", "https://registry.example")
+    settings.cache_clear()
+    try:
+        r = requests.post(f"{registry}{API}/session",
+                          json={"username": user, "password": PASSWORD})
+        assert r.headers["Set-Cookie"].endswith("; Secure")
+    finally:
+        monkeypatch.undo()
+        settings.cache_clear()
     assert "token" not in r.json()               # nothing a script could read or leak
     # the cookie alone (what a cross-site form or image would send) is not enough
     refused(browser.get(f"{registry}{API}/me"), 401)
@@ -118,6 +128,17 @@ def test_open_sign_up_creates_user_and_namespace_and_signs_in(registry, signup_m
     refused(requests.post(f"{registry}{API}/signup", json={**body, "username": other}), 409,
             "namespace", "ALREADY_EXISTS")
     assert accounts.get_user(other) is None and accounts.get_namespace(other) is None
+
+
+def test_sign_ups_per_address_are_bounded(registry, signup_mode, monkeypatch):
+    signup_mode("open")
+    monkeypatch.setattr(accounts, "SIGNUP_ADDRESS_LIMIT", 0)    # this address has used its share
+    name = "s" + uuid.uuid4().hex[:8]
+    r = requests.post(f"{registry}{API}/signup",
+                      json={"username": name, "password": PASSWORD, "namespace": name})
+    refused(r, 429)
+    assert int(r.headers["Retry-After"]) > 0
+    assert accounts.get_user(name) is None
 
 
 def test_invite_sign_up_uses_an_admin_invitation_once(registry, signup_mode):

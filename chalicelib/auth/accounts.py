@@ -29,6 +29,7 @@ USER_FAILURE_LIMIT = 5
 ADDRESS_FAILURE_LIMIT = 20
 PASSWORD_MIN = 8
 SIGNUP_MODES = ("closed", "invite", "open")
+SIGNUP_ADDRESS_LIMIT = 20      # sign-up attempts per address in one throttling window
 INVITE_TTL = 7 * 24 * 3600
 
 
@@ -110,6 +111,14 @@ def create_invite(admin: str, now: Optional[float] = None) -> Tuple[str, float]:
     InviteItem(f"invite#{_token_hash(code)}", "invite", created_by=admin, created=now,
                expires=int(expires)).save()
     return code, expires
+
+
+def count_signup_attempt(address: Optional[str]) -> None:
+    """Bound self-service sign-ups per address (each costs a password hash and creates an
+    account): LoginThrottled past SIGNUP_ADDRESS_LIMIT attempts in one window."""
+    if address:
+        _refuse_if_throttled("signup", address, SIGNUP_ADDRESS_LIMIT)
+        _record_failure("signup", address)
 
 
 def sign_up(username: str, password: str, namespace: str, invite: Optional[str] = None,

@@ -6,7 +6,8 @@ script being able to read it (see core.py for the CSRF side). Signing out raises
 session version, which ends every console session of the user at once.
 
 Sign-up follows BERTH_SIGNUP: `closed` (the default: admins create users), `invite` (a single-use
-code from an administrator) or `open`. It creates the user and their first namespace together.
+code from an administrator) or `open`. It creates the user and their first namespace together;
+an address gets at most accounts.SIGNUP_ADDRESS_LIMIT attempts per throttling window.
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def sign_up(request: Request) -> Response:
     if mode == "closed":
         raise forbidden("sign-up is closed on this registry: ask an administrator for an "
                         "account", "username")
+    accounts.count_signup_attempt(request.source_ip)
     doc = json_body(request)
     username = (text_field(doc, "username", required=True, max_len=64) or "").strip()
     password = text_field(doc, "password", required=True, max_len=1024)
