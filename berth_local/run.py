@@ -81,6 +81,7 @@ def main() -> int:
         admin, generated_password = _ensure_admin()
         from app import app
         from berth_local.gateway import make_wsgi_app
+        from berth_local.root import console_at_root
         from berth_local.serve import serve
         if int(instances) > 1:
             from berth_local.fleet import Fleet
@@ -88,6 +89,8 @@ def main() -> int:
         wsgi = make_wsgi_app(app, mode=mode, max_body_bytes=int(max_body) if max_body else None,
                              front_door=front_door, fleet=fleet,
                              public_url=os.environ.get("BERTH_PUBLIC_URL") or url)
+        if mode == "local":   # in AWS the host's root is outside the stage (README, console)
+            wsgi = console_at_root(wsgi)
         _write_state(url, endpoint)
         print(f"Berth registry: {url}  (moto S3+DynamoDB: {endpoint})", flush=True)
         if generated_password:

@@ -19,6 +19,7 @@ class Settings:
     issuer: str                   # the token `iss`
     token_ttl: int                # seconds a registry token is valid
     public_url: Optional[str]     # base URL clients use, for the token realm; else from Host
+    signup: str                   # self-service sign-up: closed, invite or open (BERTH_SIGNUP)
 
 
 @lru_cache(maxsize=1)
@@ -34,4 +35,5 @@ def settings() -> Settings:
         issuer=os.environ.get("BERTH_ISSUER", "berth"),
         token_ttl=int(os.environ.get("BERTH_TOKEN_TTL", "300")),
         public_url=(os.environ.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
+        signup=os.environ.get("BERTH_SIGNUP", "closed").strip().lower() or "closed",
     )

@@ -230,6 +230,18 @@ class UserItem(_Base):
     created = NumberAttribute()
     disabled = BooleanAttribute(default=False)
     admin = BooleanAttribute(default=False)
+    # Console sessions carry the version they were opened under; sign-out and a password change
+    # raise it, which ends every console session of the user (chalicelib/api/manage/core.py).
+    session_version = NumberAttribute(null=True)
+
+
+class InviteItem(_Base):
+    """pk invite#<sha256 of the code>, sk invite: a single-use sign-up invitation (BERTH_SIGNUP=
+    invite) made by an administrator; `used_by` is set, conditionally, by the sign-up it admits."""
+    created_by = UnicodeAttribute()
+    created = NumberAttribute()
+    expires = NumberAttribute()
+    used_by = UnicodeAttribute(null=True)
 
 
 class NamespaceItem(_Base):
