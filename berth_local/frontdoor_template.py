@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from chalicelib import frontdoor
+from chalicelib.config import DEFAULT_SERVICE
 
 API_RESOURCE = "RestAPI"            # Chalice's logical id of the REST API
 API_FUNCTION = "APIHandler"         # ... and of the API function (its environment: BERTH_SERVICE)
 DOMAIN_CONDITION = "HasDomain"      # infra/resources.yaml: the custom domain is configured
-DEFAULT_SERVICE = "berth"           # chalicelib/config.py's default of BERTH_SERVICE
 # The public URL of the API's own host and of the custom domain, as CloudFormation substitutions.
 EXECUTE_API_URL = "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"
 DOMAIN_URL = "https://${DomainName}"
