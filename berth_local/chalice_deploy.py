@@ -172,7 +172,8 @@ def ensure_token_key(ssm, name: str, stage: str) -> None:
 
 class StackValues:
     """Resolves the references of a policy file (Ref, Fn::GetAtt ...Arn, Fn::Sub) against a
-    deployed stack, as CloudFormation would inside it."""
+    deployed stack, as CloudFormation would inside it. `resources`: logical id -> {type,
+    physical}. tests/test_deploy.py resolves whole templates with a subclass."""
 
     ARN = {"AWS::DynamoDB::Table": "arn:{p}:dynamodb:{r}:{a}:table/{n}",
            "AWS::S3::Bucket": "arn:{p}:s3:::{n}",
@@ -197,11 +198,14 @@ class StackValues:
                 if key == "Fn::Sub":
                     return self.sub(value)
                 if key.startswith("Fn::"):
-                    raise DeployError(f"{key} in a policy file: not supported here")
+                    return self.other_function(key, value)
             return {k: self(v) for k, v in node.items()}
         if isinstance(node, list):
             return [self(v) for v in node]
         return node
+
+    def other_function(self, key: str, value: Any) -> Any:
+        raise DeployError(f"{key} in a policy file: not supported here")
 
     def ref(self, name: str) -> str:
         if name in self.pseudo:
@@ -218,15 +222,16 @@ class StackValues:
         return self.ARN[kind].format(p=p, r=r, a=a, n=self.ref(name))
 
     def sub(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise DeployError("Fn::Sub with variables in a policy file: not supported here")
+        text, variables = (value, {}) if isinstance(value, str) else value
 
         def one(match: "re.Match[str]") -> str:
             name = match.group(1)
+            if name in variables:
+                return str(self(variables[name]))
             if "." in name and not name.startswith("AWS::"):
-                return self.get_att(*name.split(".", 1))
-            return self.ref(name)
-        return re.sub(r"\$\{([^}!][^}]*)\}", one, value).replace("${!", "${")
+                return str(self.get_att(*name.split(".", 1)))
+            return str(self.ref(name))
+        return re.sub(r"\$\{([^}!][^}]*)\}", one, text).replace("${!", "${")
 
 
 # -------------------------------------------------------------------- the generated project

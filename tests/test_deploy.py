@@ -28,6 +28,8 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 import pytest
 import yaml
 
+from berth_local.chalice_deploy import StackValues
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STAGES = ("dev", "prod")
@@ -297,47 +299,25 @@ def model_attribute_names() -> Set[str]:
 # CloudFormation values, resolved as the stack would for account ACCOUNT in REGION
 # ------------------------------------------------------------------------------------------------
 
-class Resolver:
+class Resolver(StackValues):
+    """A packaged template's values, as CloudFormation resolves them for account ACCOUNT in
+    REGION (the policy files' resolver of the chalice deploy path, taught Fn::If, Fn::Join,
+    parameters and names written in the template)."""
+
     def __init__(self, template: dict, stack: str, conditions: Optional[Dict[str, bool]] = None,
                  parameters: Optional[Dict[str, str]] = None) -> None:
+        super().__init__({}, stack, REGION, ACCOUNT, PARTITION)
         self.resources = template["Resources"]
         self.conditions = conditions or {}
         self.parameters = parameters or {}
-        self.pseudo = {"AWS::StackName": stack, "AWS::AccountId": ACCOUNT, "AWS::Region": REGION,
-                       "AWS::Partition": PARTITION, "AWS::URLSuffix": "amazonaws.com"}
 
-    def __call__(self, node):
-        if isinstance(node, dict):
-            if len(node) == 1:
-                (key, value), = node.items()
-                if key == "Ref":
-                    return self.ref(value)
-                if key == "Fn::GetAtt":
-                    name, attr = value if isinstance(value, list) else value.split(".", 1)
-                    return self.get_att(name, attr)
-                if key == "Fn::Sub":
-                    return self.sub(value)
-                if key == "Fn::Join":
-                    return value[0].join(self(v) for v in value[1])
-                if key == "Fn::If":
-                    condition, yes, no = value
-                    return self(yes if self.conditions[condition] else no)
-            return {k: self(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [self(v) for v in node]
-        return node
-
-    def sub(self, value) -> str:
-        text, variables = (value, {}) if isinstance(value, str) else value
-
-        def one(m):
-            name = m.group(1)
-            if name in variables:
-                return str(self(variables[name]))
-            if "." in name and not name.startswith("AWS::"):
-                return str(self.get_att(*name.split(".", 1)))
-            return str(self.ref(name))
-        return re.sub(r"\$\{([^}!][^}]*)\}", one, text)
+    def other_function(self, key: str, value):
+        if key == "Fn::Join":
+            return value[0].join(self(v) for v in value[1])
+        if key == "Fn::If":
+            condition, yes, no = value
+            return self(yes if self.conditions[condition] else no)
+        raise AssertionError(f"{key}: not understood by this test")
 
     def ref(self, name: str):
         if name in self.pseudo:
