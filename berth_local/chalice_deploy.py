@@ -283,10 +283,11 @@ def public_url_of(rest_api_url: str) -> str:
 
 def deploy(stage: str, chalice: str, target: Optional[Path] = None) -> Dict[str, str]:
     import boto3
-    session = boto3.session.Session()
-    region = session.region_name
+    # as infra/deploy.sh: AWS_REGION, else AWS_DEFAULT_REGION (botocore reads only the latter)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         raise DeployError("set AWS_REGION (or AWS_DEFAULT_REGION) to the region to deploy to")
+    session = boto3.session.Session(region_name=region)
     identity = session.client("sts").get_caller_identity()
     account, partition = identity["Account"], identity["Arn"].split(":")[1]
     stack = stack_name(stage)
@@ -303,7 +304,8 @@ def deploy(stage: str, chalice: str, target: Optional[Path] = None) -> Dict[str,
                "BERTH_TOKEN_KEY_PARAM": key_parameter(stage)}
     target = write_project(stage, values, outputs, target or project_dir(stage))
 
-    run = subprocess.run([chalice, "--project-dir", str(target), "deploy", "--stage", stage])
+    run = subprocess.run([chalice, "--project-dir", str(target), "deploy", "--stage", stage],
+                         env=dict(os.environ, AWS_REGION=region, AWS_DEFAULT_REGION=region))
     if run.returncode != 0:
         raise DeployError(f"chalice deploy failed (exit {run.returncode}); its output is above")
 
@@ -330,10 +332,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                              "(default: .berth/chalice-deploy/STAGE)")
     args = parser.parse_args(argv)
     chalice = os.environ.get("CHALICE") or str(Path(sys.executable).parent / "chalice")
+    from botocore.exceptions import BotoCoreError, ClientError
     try:
         deploy(args.stage, chalice, args.project_dir)
     except DeployError as exc:
         print(f"chalice-deploy: {exc}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ClientError) as exc:     # credentials, permissions, throttling...
+        print(f"chalice-deploy: AWS refused a step: {exc}", file=sys.stderr)
         return 1
     return 0
 

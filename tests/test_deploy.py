@@ -1,15 +1,19 @@
-"""The deployment to AWS, checked offline (no AWS account, no credentials, no network).
+"""The deployment to AWS, checked without an AWS account or credentials.
 
-(a) `chalice package --stage STAGE --merge-template infra/resources.yaml` works for every stage and
-    its template, as written and as the SAM transform turns it into plain CloudFormation, passes
-    cfn-lint without error or warning; the resources are configured as docs/deploy.md says.
-(b) The function's IAM policy (.chalice/policy-STAGE.json) grants exactly the actions the code
-    needs, on exactly the stage's resources: S3 and SSM calls are found statically in the code that
-    is packaged into the Lambda; DynamoDB operations (PynamoDB issues them) are recorded in botocore
-    while a push/pull/delete scenario runs through the local gateway against moto.
+(a) `chalice package --stage STAGE --merge-template infra/resources.yaml`, with the front door
+    written in by berth_local.frontdoor_template, works for every stage and its template, as
+    written and as the SAM transform turns it into plain CloudFormation, passes cfn-lint; the
+    resources and the front door are what docs/deploy.md and chalicelib/frontdoor.py say.
+(b) Each function's IAM policy (.chalice/policy-{api,gc,registry-auth}.json) grants exactly the
+    actions its code needs, on exactly the stage's resources: the AWS calls are recorded in
+    botocore while the API runs a push/pull/delete scenario through the local gateway against
+    moto, and while the authorizer and the GC run through their Lambda entry points; every call
+    site found statically in the package must have run.
 (c) Each stage's configuration loads with Chalice's own loader, and app.py imports with the
     environment the stage's Lambda gets.
-Plus the deploy and teardown scripts, run against a stand-in `aws` command.
+Plus the deploy and teardown scripts, run against a stand-in `aws` command, and
+infra/chalice-deploy.sh against a moto server (its `chalice deploy` builds a real package: pip
+fetches the Linux wheels of requirements.txt from the configured package index).
 """
 from __future__ import annotations
 
@@ -855,6 +859,16 @@ def test_stage_configuration_loads(stage):
     # a literal S3 bucket name would collide between everyone who deploys Berth.
     assert not set(config.environment_variables) & {"BERTH_TABLE", "BERTH_BUCKET",
                                                     "BERTH_TOKEN_KEY_PARAM", "BERTH_AWS_ENDPOINT"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_function_gets_only_the_names_it_reads(stage, packaged):
+    """The GC is not told where the token key is; the authorizer knows nothing but the key."""
+    names = {"BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM"}
+    given = {function: set(lambda_environment(packaged[stage], stage, logical)) & names
+             for function, logical in FUNCTIONS.items()}
+    assert given == {"api_handler": names, "gc": {"BERTH_TABLE", "BERTH_BUCKET"},
+                     "registry_auth": {"BERTH_TOKEN_KEY_PARAM"}}
 
 
 @pytest.mark.parametrize("stage", STAGES)
