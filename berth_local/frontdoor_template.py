@@ -46,7 +46,7 @@ def static_header_value(value: str) -> str:
 def gateway_response(kind: str, public_url: Any, service: str) -> Dict[str, Any]:
     """One gateway response in API Gateway's terms (statusCode, responseParameters,
     responseTemplates). `public_url` is a URL, or a CloudFormation Fn::Sub text with ${...}
-    references (then every header value is an Fn::Sub)."""
+    references (then the header values holding it are Fn::Sub)."""
     spec = frontdoor.GATEWAY_RESPONSES[kind]
     substituted = isinstance(public_url, str) and "${" in public_url
     headers = frontdoor.gateway_response_headers(kind, _URL_MARK if substituted else public_url,
@@ -62,7 +62,8 @@ def gateway_response(kind: str, public_url: Any, service: str) -> Dict[str, Any]
             "responseTemplates": {"application/json": spec["body"]}}
 
 
-def _stage_service(resources: dict) -> Any:
+def _stage_service(resources: dict) -> tuple:
+    """The stage's BERTH_SERVICE and BERTH_PUBLIC_URL, as the API function gets them."""
     variables = (resources.get(API_FUNCTION, {}).get("Properties", {})
                  .get("Environment", {}).get("Variables", {}))
     return variables.get("BERTH_SERVICE", DEFAULT_SERVICE), variables.get("BERTH_PUBLIC_URL")
