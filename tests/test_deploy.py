@@ -1111,9 +1111,15 @@ def moto_aws():
 def chalice_deployed(moto_aws, tmp_path_factory):
     env, client = moto_aws
     project = tmp_path_factory.mktemp("chalice-deploy") / "dev"
-    run = subprocess.run(["bash", "infra/chalice-deploy.sh", "dev", "--project-dir", str(project)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    return run, project, client
+
+    def deploy():
+        return subprocess.run(["bash", "infra/chalice-deploy.sh", "dev", "--project-dir", str(project)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    first = deploy()
+    key = client("ssm").get_parameter(Name=f"/{stack_name('dev')}/token-key",
+                                      WithDecryption=True)["Parameter"]["Value"]
+    again = deploy()             # what a user does after every change
+    return first, again, key, project, client
 
 
 def test_chalice_deploy_gets_as_far_as_moto_allows(chalice_deployed):
@@ -1124,21 +1130,26 @@ def test_chalice_deploy_gets_as_far_as_moto_allows(chalice_deployed):
     it), and supports only OpenAPI 3 while Chalice imports Swagger 2.0 (next test): the REST API,
     the authorizer, the schedule and the front door step cannot be shown here (the front door step
     is shown on an API made directly in moto, below)."""
-    run, project, client = chalice_deployed
+    run, again, first_key, project, client = chalice_deployed
     output = run.stdout + run.stderr
     assert run.returncode == 1, output
     assert "Creating Rest API" in output and "ImportRestApi" in output and "(500)" in output
     assert "chalice-deploy: chalice deploy failed" in run.stderr
+    # run again: the same stack and key, Chalice updates what it made
+    assert again.returncode == 1 and "ImportRestApi" in again.stdout + again.stderr
+    assert "Updating lambda function: berth-dev" in again.stdout
+    assert "Updating policy for IAM role: berth-dev-registry_auth" in again.stdout
 
     stack, key = stack_name("dev"), f"/{stack_name('dev')}/token-key"
     # the token key: a SecureString of 32 random bytes in hex, never printed
     parameter = client("ssm").get_parameter(Name=key, WithDecryption=True)["Parameter"]
     assert parameter["Type"] == "SecureString" and re.fullmatch(r"[0-9a-f]{64}", parameter["Value"])
-    assert parameter["Value"] not in output
+    assert parameter["Value"] not in output and parameter["Value"] == first_key
     # the resources stack: infra/resources.yaml's table and bucket, and the functions' log groups
     # (moto's CloudFormation skips the bucket policy: it does not support AWS::S3::BucketPolicy)
+    # (moto updates a stack even when nothing changed; CloudFormation answers "No updates")
     assert client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0]["StackStatus"] \
-        == "CREATE_COMPLETE"
+        in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
     table = client("dynamodb").describe_table(TableName=stack)["Table"]
     assert {k["AttributeName"]: k["KeyType"] for k in table["KeySchema"]} == {"pk": "HASH", "sk": "RANGE"}
     bucket = f"{stack}-{ACCOUNT}-{REGION}"
