@@ -1003,6 +1003,7 @@ class Gateway:
             public_url = f"http://{_last_header(call.headers, 'host') or 'localhost'}"
         spec = frontdoor.GATEWAY_RESPONSES[kind]
         headers = frontdoor.gateway_response_headers(kind, public_url, settings().service)
+        headers["Content-Type"] = frontdoor.GATEWAY_RESPONSE_MEDIA_TYPE
         error_type = "UnauthorizedException" if kind == "UNAUTHORIZED" else "AccessDeniedException"
         headers[aws_rules.ERROR_TYPE_HEADER] = error_type
         return GatewayResponse(spec["status"], tuple(headers.items()), spec["body"].encode())
