@@ -646,6 +646,8 @@ def run_scenario(base: str) -> None:
     # a blob under 5 MiB, all in the tail: copied to its content address
     assert upload(os.urandom(3 * MIB), [2 * MIB, MIB]) == 201
     assert upload(os.urandom(100), [100], digest=sha256(b"something else")) == 400   # rejected
+    # assembled to be read back (no hash state), then rejected: the assembled object is deleted
+    assert upload(os.urandom(6 * MIB), [6 * MIB], forget=True, digest=sha256(b"other")) == 400
     r = http.post(f"{base}/v2/{repo}/blobs/uploads/")                   # cancelled
     url = absolute(base, r.headers["Location"])
     http.patch(url, data=b"partial")
@@ -759,9 +761,14 @@ def test_functions_are_kept_apart(recorded):
     assert set(granted_actions(policy_file("prod", "registry_auth"))) == {"ssm", "logs"}
 
 
+# Key prefixes an object grant may be narrowed to: upload staging, and the objects chunked uploads
+# assemble (blobs/u/<upload id>, which stay as blobs once published).
+NARROW_PREFIXES = ("uploads/", "blobs/u/")
+
+
 def s3_key_patterns(calls: Iterable[Tuple[str, str, dict]], bucket_arn: str) -> Dict[str, Set[str]]:
-    """IAM action -> the narrowest object resource covering the keys the calls used: the upload
-    staging area when every key is under uploads/, else the whole bucket."""
+    """IAM action -> the narrowest object resources covering the keys the calls used: the
+    NARROW_PREFIXES they all fall under, else the whole bucket."""
     keys: Dict[str, Set[str]] = {}
     for service, op, params in calls:
         if service != "s3" or op.startswith("List"):
@@ -769,8 +776,13 @@ def s3_key_patterns(calls: Iterable[Tuple[str, str, dict]], bucket_arn: str) -> 
         used = [o["Key"] for o in params.get("Delete", {}).get("Objects", [])] or [params.get("Key")]
         for action in iam_actions(service, op):
             keys.setdefault(action, set()).update(used)
-    return {action: {f"{bucket_arn}/uploads/*" if all(k and k.startswith("uploads/") for k in used)
-                     else f"{bucket_arn}/*"} for action, used in keys.items()}
+
+    def narrowest(used: Set[str]) -> Set[str]:
+        prefixes = {next((p for p in NARROW_PREFIXES if k and k.startswith(p)), None) for k in used}
+        if None in prefixes:
+            return {f"{bucket_arn}/*"}
+        return {f"{bucket_arn}/{p}*" for p in prefixes}
+    return {action: narrowest(used) for action, used in keys.items()}
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
