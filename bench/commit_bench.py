@@ -44,7 +44,7 @@ def _chunks(size: int, seed: int):
         counter += 1
 
 
-def upload_and_commit(base: str, http, repo: str, size: int, seed: int) -> dict:
+def upload_and_commit(base: str, http, fleet, repo: str, size: int, seed: int) -> dict:
     from tests.support.registry_api import absolute
     hasher = hashlib.sha256()
     r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
@@ -61,11 +61,17 @@ def upload_and_commit(base: str, http, repo: str, size: int, seed: int) -> dict:
         assert r.status_code == 202, r.text
         url = absolute(base, r.headers["Location"])
         offset += len(chunk)
+    fleet.aws_calls()                       # start the counters again: the commit alone
     started = time.monotonic()
     r = http.put(url, params={"digest": "sha256:" + hasher.hexdigest()})
     commit = time.monotonic() - started
     assert r.status_code == 201, r.text
-    return {"commit_s": commit, "slowest_request_s": max(slowest, commit)}
+    seconds = fleet.aws_calls(seconds=True)
+    complete = sum(v for k, v in seconds.items() if k[1] == "CompleteMultipartUpload")
+    read_or_copied = sorted({k[1] for k in seconds if k[1] in ("GetObject", "CopyObject", "UploadPartCopy")
+                             and k[2] != "uploads/"})
+    return {"commit_s": commit, "complete_multipart_s": complete, "slowest_request_s": max(slowest, commit),
+            "blob_read_or_copied": read_or_copied}
 
 
 def main() -> None:
@@ -94,16 +100,25 @@ def main() -> None:
     results = {"sizes": {}, "instances": 3, "chunk_mib": CHUNK // MIB}
     try:
         for size_mib in (int(s) for s in args.sizes_mib.split(",")):
-            runs = [upload_and_commit(base, http, "bench/commit", size_mib * MIB, seed=size_mib * 100 + rep)
-                    for rep in range(args.reps)]
+            runs = [upload_and_commit(base, http, fleet, "bench/commit", size_mib * MIB,
+                                      seed=size_mib * 100 + rep) for rep in range(args.reps)]
             results["sizes"][str(size_mib)] = {
                 "commit_s_median": round(statistics.median(r["commit_s"] for r in runs), 3),
                 "commit_s": [round(r["commit_s"], 3) for r in runs],
+                # moto's CompleteMultipartUpload concatenates the parts (S3 does not copy bytes):
+                # Berth's own share of the commit is the rest
+                "berth_share_s_median": round(statistics.median(
+                    r["commit_s"] - r["complete_multipart_s"] for r in runs), 3),
+                "complete_multipart_s": [round(r["complete_multipart_s"], 3) for r in runs],
+                "blob_read_or_copied": sorted({op for r in runs for op in r["blob_read_or_copied"]}),
                 "slowest_request_s": round(max(r["slowest_request_s"] for r in runs), 2)}
             print(f"{size_mib} MiB: commit {results['sizes'][str(size_mib)]}", file=sys.stderr)
         sizes = sorted(results["sizes"], key=int)
         results["ratio_largest_to_smallest"] = round(
             results["sizes"][sizes[-1]]["commit_s_median"] / results["sizes"][sizes[0]]["commit_s_median"], 2)
+        results["berth_share_ratio_largest_to_smallest"] = round(
+            results["sizes"][sizes[-1]]["berth_share_s_median"]
+            / max(results["sizes"][sizes[0]]["berth_share_s_median"], 0.001), 2)
         results["worker_peak_rss_mib"] = [_peak_rss_mib(pid) for pid in fleet.pids()]
         results["invocations_per_instance"] = list(fleet.invocations)
     finally:

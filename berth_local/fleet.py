@@ -42,27 +42,35 @@ def _resolve(handler: str) -> Any:
 STATS = "__aws_calls__"   # a message asking a worker for (and resetting) its AWS call counts
 
 
-def _count_aws_calls() -> "dict[tuple, int]":
-    """Count this process's AWS calls by (service, operation, S3 key prefix): the fleet's
-    workers answer STATS with them, so tests and benchmarks can see what each instance did."""
+def _count_aws_calls() -> "tuple[dict, dict]":
+    """Count this process's AWS calls, and the seconds spent in them, by (service, operation,
+    S3 key prefix): the fleet's workers answer STATS with them, so tests and benchmarks can see
+    what each instance did (and what share of a request's time the AWS side took)."""
+    import time
     from collections import Counter
     from botocore.client import BaseClient
     counts: Counter = Counter()
+    seconds: Counter = Counter()
     original = BaseClient._make_api_call
 
     def counting(self, operation_name, api_params):
         key = api_params.get("Key") if isinstance(api_params, dict) else None
         prefix = "/".join(key.split("/")[:2]) + "/" if isinstance(key, str) and "/" in key else None
-        counts[(self.meta.service_model.service_name, operation_name, prefix)] += 1
-        return original(self, operation_name, api_params)
+        what = (self.meta.service_model.service_name, operation_name, prefix)
+        counts[what] += 1
+        started = time.monotonic()
+        try:
+            return original(self, operation_name, api_params)
+        finally:
+            seconds[what] += time.monotonic() - started
     BaseClient._make_api_call = counting
-    return counts
+    return counts, seconds
 
 
 def _worker_main(conn: Connection, app_handler: str, index: int) -> None:
     os.environ["BERTH_INSTANCE"] = str(index)
     from berth_local.gateway import make_context
-    counts = _count_aws_calls()
+    counts, seconds = _count_aws_calls()
     app = _resolve(app_handler)
     handlers: dict[str, Any] = {app_handler: app}
     while True:
@@ -72,8 +80,9 @@ def _worker_main(conn: Connection, app_handler: str, index: int) -> None:
             return
         handler, event = message
         if handler == STATS:
-            conn.send(("ok", dict(counts)))
+            conn.send(("ok", (dict(counts), dict(seconds))))
             counts.clear()
+            seconds.clear()
             continue
         try:
             function = handlers.get(handler) or handlers.setdefault(handler, _resolve(handler))
@@ -156,18 +165,22 @@ class Fleet:
         except Exception:
             pass
 
-    def aws_calls(self) -> "dict[tuple, int]":
-        """AWS calls made by all instances since the last call: {(service, op, key prefix): n}.
-        Waits for every instance to be idle (it asks each in turn)."""
+    def aws_calls(self, seconds: bool = False) -> "dict[tuple, float]":
+        """AWS calls made by all instances since the last call: {(service, op, key prefix): n},
+        or with `seconds` the time spent in them. Waits for every instance to be idle (it asks
+        each in turn); either way both counters start again."""
         from collections import Counter
-        total: Counter = Counter()
+        counts: Counter = Counter()
+        spent: Counter = Counter()
         with self._cond:
             while len(self._idle) < len(self._workers):
                 self._cond.wait()
             for worker in self._workers:
                 worker.conn.send((STATS, None))
-                total.update(worker.conn.recv()[1])
-        return dict(total)
+                worker_counts, worker_seconds = worker.conn.recv()[1]
+                counts.update(worker_counts)
+                spent.update(worker_seconds)
+        return dict(spent if seconds else counts)
 
     def close(self) -> None:
         for worker in self._workers:
