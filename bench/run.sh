@@ -25,6 +25,9 @@ echo "== cold start: import time of app.py against a bare Chalice app importing 
 echo "== garbage collection: DynamoDB cost of a sweep over 10,000 manifests" >&2
 .venv/bin/python bench/gc_bench.py --out "$out/gc.json"
 
+echo "== upload commit latency across three Lambda instances: 4 MiB, 256 MiB, 2 GiB" >&2
+.venv/bin/python bench/commit_bench.py --reps "${COMMIT_BENCH_REPS:-1}" --out "$out/commit.json"
+
 echo "== berth proxy: 200 MiB push through the proxy to a 6 MiB-limited Berth vs direct" >&2
 .venv/bin/python bench/proxy_bench.py --out "$out/proxy-bench.json"
 
