@@ -25,14 +25,6 @@ MIB = 1 << 20
 CHUNK = 4 * MIB
 
 
-def _peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
 def _chunks(size: int, seed: int):
     """Incompressible bytes, generated chunk by chunk (a 2 GiB blob never sits in memory)."""
     counter = 0
@@ -81,6 +73,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     from berth_local import backend
+    from processes import vm_hwm_mib
     endpoint, moto = backend.start_moto_process(0)
     backend.use_endpoint(endpoint)
     os.environ["BERTH_TOKEN_KEY"] = "commit-bench-" + "k" * 32
@@ -119,7 +112,7 @@ def main() -> None:
         results["berth_share_ratio_largest_to_smallest"] = round(
             results["sizes"][sizes[-1]]["berth_share_s_median"]
             / max(results["sizes"][sizes[0]]["berth_share_s_median"], 0.001), 2)
-        results["worker_peak_rss_mib"] = [_peak_rss_mib(pid) for pid in fleet.pids()]
+        results["worker_peak_rss_mib"] = [vm_hwm_mib(pid) for pid in fleet.pids()]
         results["invocations_per_instance"] = list(fleet.invocations)
     finally:
         server.close()
