@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     from berth_local import backend
-    from processes import vm_hwm_mib
+    from bench.processes import vm_hwm_mib
     endpoint, moto = backend.start_moto_process(0)
     backend.use_endpoint(endpoint)
     os.environ["BERTH_TOKEN_KEY"] = "commit-bench-" + "k" * 32
