@@ -756,8 +756,9 @@ def test_functions_are_kept_apart(recorded):
     assert "dynamodb:BatchWriteItem" not in granted_actions(api)["dynamodb"]
     for statement in api["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        if "s3:DeleteObject" in actions:
-            assert statement["Resource"] == {"Fn::Sub": "${BlobBucket.Arn}/uploads/*"}
+        if "s3:DeleteObject" in actions:   # staging, and assembled objects never published
+            assert statement["Resource"] == [{"Fn::Sub": "${BlobBucket.Arn}/uploads/*"},
+                                             {"Fn::Sub": "${BlobBucket.Arn}/blobs/u/*"}]
     assert set(granted_actions(policy_file("prod", "registry_auth"))) == {"ssm", "logs"}
 
 

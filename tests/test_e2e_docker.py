@@ -290,7 +290,11 @@ def test_the_readme_deploy_sections_docker_commands_work_as_written(aws_run, doc
     aws_run.berth("namespace", "add", "alice", "--owner", "alice")
     docker_engine.build_image("small:v1", [1 * MiB], seed="readme-small")
     docker_engine.build_image("big:v1", [40 * MiB], seed="readme-big")
-    env = docker_engine.env(REGISTRY=aws_run.host)
+    # a docker configuration of its own: `docker login` reuses a login it already has for the host
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    (config / "config.json").write_text((docker_engine.config_dir / "config.json").read_text())
+    env = docker_engine.env(REGISTRY=aws_run.host, DOCKER_CONFIG=str(config))
     proxy = None
     try:
         for line in readme_deploy_docker_lines():
