@@ -19,6 +19,7 @@ class Settings:
     issuer: str                   # the token `iss`
     token_ttl: int                # seconds a registry token is valid
     public_url: Optional[str]     # base URL clients use, for the token realm; else from Host
+    repos_per_namespace: int      # repositories one namespace may hold
 
 
 @lru_cache(maxsize=1)
@@ -34,4 +35,5 @@ def settings() -> Settings:
         issuer=os.environ.get("BERTH_ISSUER", "berth"),
         token_ttl=int(os.environ.get("BERTH_TOKEN_TTL", "300")),
         public_url=(os.environ.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
+        repos_per_namespace=int(os.environ.get("BERTH_REPOS_PER_NAMESPACE", "1000")),
     )

@@ -7,13 +7,20 @@ parallel activations overran, and `make run`'s unauthenticated bodies and orphan
 """
 from __future__ import annotations
 
-import json
+import dataclasses
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs, urlparse
 
+import pytest
 import requests
 
+from chalicelib.api import catalog
 from chalicelib.auth import accounts
-from tests.support.registry_api import error_code, http, sha256
+from chalicelib.config import settings
+from chalicelib.storage.models import REPOS_PK, RepoItem
+from tests.support.registry_api import RegistryClient, error_code, http, push_image
 
 PASSWORD = "correct horse battery"
 API = "/v2/_berth/api"
@@ -55,3 +62,133 @@ def test_deeply_nested_management_api_bodies_are_400_not_500(registry):
             r = requests.request(method, f"{registry}{API}/{path}", data=body, headers=headers)
             assert r.status_code == 400, (path, r.status_code, r.text[:200])
             assert r.json()["error"]["code"] == "INVALID_JSON"
+
+
+# ---------------------------------------------------------------- 1: bounded work per request
+
+@pytest.fixture
+def many_private_repositories():
+    """3,000 private repositories in one namespace (written directly: the API would need the
+    limit raised), and two public ones sorted after them; taken out again afterwards."""
+    owner = new_user()
+    namespace = "zz" + uuid.uuid4().hex[:8]
+    accounts.create_namespace(namespace, owner)
+    now = time.time()
+    bulk = [RepoItem(REPOS_PK, f"{namespace}/r{i:05d}", created=now, updated=now)
+            for i in range(3000)]
+    bulk += [RepoItem(REPOS_PK, f"{namespace}/zpublic{i}", created=now, updated=now, public=True)
+             for i in range(2)]
+    with RepoItem.batch_write() as batch:
+        for item in bulk:
+            batch.save(item)
+    try:
+        yield namespace
+    finally:
+        with RepoItem.batch_write() as batch:
+            for item in bulk:
+                batch.delete(item)
+
+
+def _anonymous_catalog(base: str, **params) -> requests.Response:
+    token = requests.get(f"{base}/v2/_berth/token",
+                         params={"service": "berth", "scope": "registry:catalog:*"}).json()["token"]
+    return requests.get(f"{base}/v2/_catalog", params=params,
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def test_anonymous_catalog_reads_are_bounded_by_a_ceiling_not_by_private_repositories(
+        registry, many_private_repositories, aws_calls):
+    namespace = many_private_repositories
+    aws_calls.reset()
+    started = time.monotonic()
+    r = _anonymous_catalog(registry, n=2, last=f"{namespace}/")
+    took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    calls = aws_calls.count("dynamodb")
+    # at most SCAN_QUERIES Queries of 1,000 names and one BatchGet of namespaces: not 2 GetItems
+    # for each of the 3,000 private repositories in the way (6,000 calls, minutes, before)
+    assert calls <= getattr(catalog, "SCAN_QUERIES", 11) + 2, aws_calls.calls
+    assert took < 30
+    # what it found, and a Link to go on; following the Links reaches both public ones
+    seen = list(r.json()["repositories"])
+    link = r.headers.get("Link")
+    for _ in range(10):
+        if not link or len([s for s in seen if s.startswith(namespace)]) >= 2:
+            break
+        last = parse_qs(urlparse(link.split(";")[0].strip("<>")).query)["last"][0]
+        aws_calls.reset()
+        r = _anonymous_catalog(registry, n=2, last=last)
+        assert aws_calls.count("dynamodb") <= getattr(catalog, "SCAN_QUERIES", 11) + 2
+        seen += r.json()["repositories"]
+        link = r.headers.get("Link")
+    mine = [s for s in seen if s.startswith(namespace + "/")]
+    assert mine == [f"{namespace}/zpublic0", f"{namespace}/zpublic1"]
+
+
+def test_token_request_with_thousands_of_scopes_is_refused_at_once(registry, aws_calls):
+    scopes = [f"repository:nobody/r{i}:pull" for i in range(4000)]
+    aws_calls.reset()
+    r = requests.get(f"{registry}/v2/_berth/token", params={"service": "berth", "scope": scopes})
+    assert r.status_code == 400 and error_code(r) == "DENIED"
+    assert "at most 20" in r.json()["errors"][0]["message"]
+    assert aws_calls.count("dynamodb") == 0
+    # space-joined (the OAuth2 form) counts the same
+    r = requests.post(f"{registry}/v2/_berth/token", data={
+        "grant_type": "password", "username": "nobody", "password": "whatever!",
+        "scope": " ".join(scopes[:21])})
+    assert r.status_code == 400 and error_code(r) == "DENIED"
+    ok = requests.get(f"{registry}/v2/_berth/token",
+                      params={"service": "berth", "scope": scopes[:20]})
+    assert ok.status_code == 200
+
+
+@pytest.fixture
+def repository_limit(monkeypatch):
+    """BERTH_REPOS_PER_NAMESPACE=3 for the registry served in this process."""
+    from chalicelib.storage import metadata
+    limited = dataclasses.replace(settings(), repos_per_namespace=3)
+    monkeypatch.setattr(metadata, "settings", lambda: limited)
+    return 3
+
+
+def test_repositories_per_namespace_limit_on_push_and_api(registry, repository_limit):
+    user = new_user()
+    headers = console_headers(registry, user)
+    namespace = "lim" + uuid.uuid4().hex[:8]
+    assert requests.post(f"{registry}{API}/namespaces", json={"name": namespace},
+                         headers=headers).status_code == 201
+    client = RegistryClient((user, PASSWORD))
+    for i in range(2):
+        r = requests.post(f"{registry}{API}/repositories", json={"name": f"{namespace}/r{i}"},
+                          headers=headers)
+        assert r.status_code == 201, r.text
+    push_image(registry, f"{namespace}/pushed", "v1", client=client)     # the third
+    r = requests.post(f"{registry}{API}/repositories", json={"name": f"{namespace}/r9"},
+                      headers=headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "LIMIT_REACHED"
+    assert "BERTH_REPOS_PER_NAMESPACE" in r.json()["error"]["message"]
+    r = client.post(f"{registry}/v2/{namespace}/fourth/blobs/uploads/")
+    assert r.status_code == 403 and error_code(r) == "DENIED"
+    assert "limit" in r.json()["errors"][0]["message"]
+    # pushing more into an existing repository is not affected
+    push_image(registry, f"{namespace}/pushed", "v2", layer_bytes=(b"other",), client=client)
+    # deleting one makes room
+    assert requests.delete(f"{registry}{API}/repositories/{namespace}/r0",
+                           headers=headers).status_code == 200
+    push_image(registry, f"{namespace}/fourth", "v1", client=client)
+
+
+def test_parallel_repository_creations_stop_at_the_limit(registry, repository_limit):
+    user = new_user()
+    headers = console_headers(registry, user)
+    namespace = "par" + uuid.uuid4().hex[:8]
+    assert requests.post(f"{registry}{API}/namespaces", json={"name": namespace},
+                         headers=headers).status_code == 201
+
+    def create(i):
+        return requests.post(f"{registry}{API}/repositories", json={"name": f"{namespace}/r{i}"},
+                             headers=headers).status_code
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(create, range(16)))
+    assert codes.count(201) == repository_limit, codes
+    assert set(codes) == {201, 409}

@@ -14,10 +14,13 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import oci
 from chalicelib.auth import passwords
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
+from chalicelib.config import settings
+from chalicelib.storage import metadata
 from chalicelib.storage.metadata import connection
-from chalicelib.storage.models import (REPOS_PK, USERS_PK, AccessTokenItem, LoginFailureItem,
-                                       MembershipItem, NamespaceItem, RepoItem, UserIndexItem,
-                                       UserItem, ns_pk, user_pk)
+from chalicelib.storage.models import (REPOS_PK, TOMBSTONE_SK, USERS_PK, AccessTokenItem,
+                                       LoginFailureItem, MembershipItem, NamespaceItem,
+                                       NamespaceTombstoneItem, RepoItem, UserIndexItem, UserItem,
+                                       ns_pk, user_pk)
 
 ROLES = {"owner": frozenset({PULL, PUSH, DELETE}), "push": frozenset({PULL, PUSH, DELETE}),
          "pull": frozenset({PULL})}
@@ -28,10 +31,15 @@ THROTTLE_WINDOW = 15 * 60
 USER_FAILURE_LIMIT = 5
 ADDRESS_FAILURE_LIMIT = 20
 PASSWORD_MIN = 8
+CLOCK_SKEW = 60          # seconds of clock difference between Lambda instances we allow for
 
 
 class AccountError(Exception):
     """A refused account operation, with a message fit for the user."""
+
+
+class NamespaceLimit(AccountError):
+    """The owner has activated as many namespaces as they may."""
 
 
 class LoginThrottled(Exception):
@@ -143,27 +151,95 @@ def get_namespace(namespace: str) -> Optional[NamespaceItem]:
         return None
 
 
-def create_namespace(namespace: str, owner: str, *, public: bool = False) -> NamespaceItem:
-    """Create a namespace owned by `owner` (activation); namespaces are globally unique."""
+def namespace_quarantine() -> int:
+    """Seconds a deleted namespace stays unclaimable: its registry tokens are verified without a
+    database read, so one issued just before the delete must have expired first."""
+    return settings().token_ttl + CLOCK_SKEW
+
+
+def create_namespace(namespace: str, owner: str, *, public: bool = False,
+                     owner_limit: Optional[int] = None) -> NamespaceItem:
+    """Create a namespace owned by `owner` (activation); namespaces are globally unique.
+
+    One transaction, so that no limit is a check-then-write: the name must be free and not
+    deleted within namespace_quarantine(), and with `owner_limit` the owner's count of
+    activated namespaces must stay within it (parallel activations cannot overrun it)."""
     if not oci.is_valid_namespace(namespace):
         raise AccountError(f"invalid namespace {namespace!r}: lowercase letters and digits, "
                            "optionally separated by '.', '_', '__' or '-', at most 64 characters")
     _existing_user(owner)
-    item = NamespaceItem(ns_pk(namespace), "ns", owner=owner, created=time.time(), public=public)
+    now = time.time()
+    item = NamespaceItem(ns_pk(namespace), "ns", owner=owner, created=now, public=public,
+                         repositories=0)
+    tx = metadata.Tx()
+    tx.put(("taken",), item, condition=NamespaceItem.pk.does_not_exist())
+    tx.check(("deleted",), NamespaceTombstoneItem, ns_pk(namespace), TOMBSTONE_SK,
+             NamespaceTombstoneItem.deleted_at.does_not_exist()
+             | (NamespaceTombstoneItem.deleted_at < now - namespace_quarantine()))
+    created = UserItem.namespaces_created
+    condition = UserItem.pk.exists()
+    if owner_limit is not None:
+        condition &= created.does_not_exist() | (created < owner_limit)
+    tx.update(("limit",), UserItem(user_pk(owner), "user"), [created.add(1)], condition=condition)
+    _save_membership(tx, namespace, owner, "owner")
     try:
-        with TransactWrite(connection=connection()) as tx:
-            tx.save(item, condition=NamespaceItem.pk.does_not_exist())
-            _save_membership(tx, namespace, owner, "owner")
-    except TransactWriteError as exc:
-        if "ConditionalCheckFailed" in str(exc.cancellation_reasons or exc):
-            raise AccountError(f"namespace {namespace!r} is already taken") from None
-        raise
+        tx.commit()
+    except metadata.TxFailed as failed:
+        raise _activation_refusal(failed, namespace, owner_limit) from None
     return item
 
 
-def _save_membership(tx: TransactWrite, namespace: str, username: str, role: str) -> None:
-    tx.save(MembershipItem(ns_pk(namespace), f"member#{username}", role=role))
-    tx.save(MembershipItem(user_pk(username), f"ns#{namespace}", role=role))
+def _activation_refusal(failed: "metadata.TxFailed", namespace: str,
+                        owner_limit: Optional[int]) -> AccountError:
+    if "taken" in failed.kinds():
+        return AccountError(f"namespace {namespace!r} is already taken")
+    if "deleted" in failed.kinds():
+        return AccountError(f"namespace {namespace!r} was deleted less than "
+                            f"{namespace_quarantine()} s ago; it can be activated again after "
+                            "that")
+    return NamespaceLimit(f"you have activated {owner_limit} namespaces already; the limit is "
+                          f"{owner_limit}")
+
+
+def delete_namespace(item: NamespaceItem) -> None:
+    """Delete a namespace (its repositories must be gone), its memberships and the creator's
+    count, leaving a tombstone that keeps the name unclaimable for namespace_quarantine()."""
+    namespace = item.pk[len("ns#"):]
+    members = list(MembershipItem.query(ns_pk(namespace), MembershipItem.sk.startswith("member#")))
+    try:
+        _delete_namespace_items(namespace, item, members[:45], lower_count=True)
+    except metadata.TxFailed as failed:
+        if failed.kinds() != {"creator"}:
+            raise
+        # activated before namespaces were counted: there is no count to lower
+        _delete_namespace_items(namespace, item, members[:45], lower_count=False)
+    for member in members[45:]:
+        member.delete()
+        MembershipItem(user_pk(member.sk[len("member#"):]), f"ns#{namespace}").delete()
+
+
+def _delete_namespace_items(namespace: str, item: NamespaceItem, members: List[MembershipItem],
+                            lower_count: bool) -> None:
+    now = time.time()
+    tx = metadata.Tx()
+    tx.delete(("namespace",), item)
+    tx.put(("tombstone",), NamespaceTombstoneItem(
+        ns_pk(namespace), TOMBSTONE_SK, deleted_at=now,
+        expires=int(now) + namespace_quarantine() + 3600))
+    if lower_count:
+        created = UserItem.namespaces_created
+        tx.update(("creator",), UserItem(user_pk(item.owner), "user"), [created.add(-1)],
+                  condition=created > 0)
+    for member in members:
+        tx.delete(("member", member.sk), member)
+        tx.delete(("membership", member.sk),
+                  MembershipItem(user_pk(member.sk[len("member#"):]), f"ns#{namespace}"))
+    tx.commit()
+
+
+def _save_membership(tx: "metadata.Tx", namespace: str, username: str, role: str) -> None:
+    tx.put(("member",), MembershipItem(ns_pk(namespace), f"member#{username}", role=role))
+    tx.put(("membership",), MembershipItem(user_pk(username), f"ns#{namespace}", role=role))
 
 
 def add_member(namespace: str, username: str, role: str) -> None:
@@ -172,8 +248,9 @@ def add_member(namespace: str, username: str, role: str) -> None:
     if get_namespace(namespace) is None:
         raise AccountError(f"no namespace {namespace!r}")
     _existing_user(username)
-    with TransactWrite(connection=connection()) as tx:
-        _save_membership(tx, namespace, username, role)
+    tx = metadata.Tx()
+    _save_membership(tx, namespace, username, role)
+    tx.commit()
 
 
 def role_in(username: str, namespace: str) -> Optional[str]:
@@ -198,6 +275,7 @@ def set_namespace_public(namespace: str, public: bool) -> None:
 def set_repository_public(repository: str, public: bool) -> None:
     """Make one repository public (anonymous pull) or private; it need not be pushed yet."""
     oci.check_name(repository)
+    metadata.ensure_repository(repository)
     now = time.time()
     RepoItem(REPOS_PK, repository).update(actions=[
         RepoItem.public.set(public), RepoItem.created.set(RepoItem.created | now),

@@ -197,6 +197,7 @@ class UploadItem(_Base):
 #  user#<name>        token#<id>           AccessTokenItem
 #  ns#<namespace>     ns                   NamespaceItem
 #  ns#<namespace>     member#<user>        MembershipItem (the namespace's view)
+#  ns#<namespace>     deleted              NamespaceTombstoneItem (a deleted namespace; TTL)
 #  lock#<kind>#<key>  lock                 LoginFailureItem (brute-force throttling; TTL)
 
 def user_pk(name: str) -> str:
@@ -219,12 +220,28 @@ class UserItem(_Base):
     created = NumberAttribute()
     disabled = BooleanAttribute(default=False)
     admin = BooleanAttribute(default=False)
+    # namespaces this user activated and still has: the per-user limit, kept by conditional
+    # writes in the activation and deletion transactions
+    namespaces_created = NumberAttribute(null=True)
 
 
 class NamespaceItem(_Base):
     owner = UnicodeAttribute()
     created = NumberAttribute()
     public = BooleanAttribute(default=False)
+    # RepoItems of this namespace: the per-namespace limit, kept by conditional writes in the
+    # transactions that create and delete a RepoItem
+    repositories = NumberAttribute(null=True)
+
+
+TOMBSTONE_SK = "deleted"
+
+
+class NamespaceTombstoneItem(_Base):
+    """Left by a namespace delete: nobody may activate the name again while a registry token
+    issued for it may still be valid (tokens are checked without a database read)."""
+    deleted_at = NumberAttribute()
+    expires = NumberAttribute()      # DynamoDB TTL attribute
 
 
 class MembershipItem(_Base):
