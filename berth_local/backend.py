@@ -48,13 +48,21 @@ def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, sub
     return endpoint, proc
 
 
+_SERIALIZED = None     # the serialized() context start_moto_thread entered for this process
+
+
 def start_moto_thread(host: str = "127.0.0.1"):
     """Start moto in this process (fast; for tests), with DynamoDB requests serialized for the
     rest of the process (see start_moto_process). Returns (endpoint, server)."""
     from moto.server import ThreadedMotoServer
 
     from berth_local.moto_dynamodb import serialized
-    serialized().__enter__()
+    # Keep the context manager: dropped, it is garbage-collected at once, its generator is
+    # closed, and the `finally` in serialized() takes the patches out again.
+    global _SERIALIZED
+    if _SERIALIZED is None:
+        _SERIALIZED = serialized()
+        _SERIALIZED.__enter__()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()

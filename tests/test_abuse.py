@@ -13,14 +13,16 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs, urlparse
 
+import jwt
 import pytest
 import requests
 
 from chalicelib.api import catalog
 from chalicelib.auth import accounts
 from chalicelib.config import settings
-from chalicelib.storage.models import REPOS_PK, RepoItem
-from tests.support.registry_api import RegistryClient, error_code, http, push_image
+from chalicelib.storage.models import REPOS_PK, TOMBSTONE_SK, NamespaceTombstoneItem, RepoItem
+from tests.support.registry_api import (RegistryClient, error_code, http, push_blob, push_image,
+                                        sha256)
 
 PASSWORD = "correct horse battery"
 API = "/v2/_berth/api"
@@ -192,3 +194,84 @@ def test_parallel_repository_creations_stop_at_the_limit(registry, repository_li
         codes = list(pool.map(create, range(16)))
     assert codes.count(201) == repository_limit, codes
     assert set(codes) == {201, 409}
+
+
+# ---------------------------------------------------------------- 2: a re-claimed name starts empty
+
+def test_a_reclaimed_namespace_starts_empty(registry):
+    alice, bob = new_user(), new_user()
+    alice_api = console_headers(registry, alice)
+    namespace = "re" + uuid.uuid4().hex[:8]
+    assert requests.post(f"{registry}{API}/namespaces", json={"name": namespace},
+                         headers=alice_api).status_code == 201
+    alice_client = RegistryClient((alice, PASSWORD))
+    secret = b"alice's private layer " + uuid.uuid4().bytes
+    push_image(registry, f"{namespace}/app", "v1", layer_bytes=(secret,), client=alice_client)
+    lone = push_blob(registry, f"{namespace}/app", b"uploaded, never in a manifest " +
+                     uuid.uuid4().bytes, client=alice_client)
+    stashed = push_blob(registry, f"{namespace}/stash", b"a repository of one blob " +
+                        uuid.uuid4().bytes, client=alice_client)
+    old_token = alice_client.token(registry, (f"repository:{namespace}/app:pull,push,delete",))
+
+    assert requests.delete(f"{registry}{API}/repositories/{namespace}/app",
+                           headers=alice_api).status_code == 200
+    # a repository holding only an uploaded blob still counts: the namespace is not empty
+    r = requests.delete(f"{registry}{API}/namespaces/{namespace}", headers=alice_api)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "NOT_EMPTY", r.text
+    assert requests.delete(f"{registry}{API}/repositories/{namespace}/stash",
+                           headers=alice_api).status_code == 200
+    assert requests.delete(f"{registry}{API}/namespaces/{namespace}",
+                           headers=alice_api).status_code == 200
+
+    # nobody takes the name while a token issued for it may still be valid
+    bob_api = console_headers(registry, bob)
+    r = requests.post(f"{registry}{API}/namespaces", json={"name": namespace}, headers=bob_api)
+    assert r.status_code == 409 and "deleted less than" in r.json()["error"]["message"]
+    tombstone = NamespaceTombstoneItem.get(f"ns#{namespace}", TOMBSTONE_SK)
+    expires = jwt.decode(old_token, options={"verify_signature": False})["exp"]
+    assert tombstone.deleted_at + accounts.namespace_quarantine() > expires
+
+    _age_tombstone(namespace)
+    assert requests.post(f"{registry}{API}/namespaces", json={"name": namespace},
+                         headers=bob_api).status_code == 201
+    bob_client = RegistryClient((bob, PASSWORD))
+    for repo, digest in ((f"{namespace}/app", sha256(secret)), (f"{namespace}/app", lone),
+                         (f"{namespace}/stash", stashed)):
+        r = bob_client.get(f"{registry}/v2/{repo}/blobs/{digest}", allow_redirects=False)
+        assert r.status_code == 404 and error_code(r) == "BLOB_UNKNOWN", (repo, r.status_code)
+        r = bob_client.post(f"{registry}/v2/{namespace}/mine/blobs/uploads/",
+                            params={"mount": digest, "from": repo})
+        assert r.status_code == 202, (repo, r.status_code)     # an upload, not a mount
+    assert bob_client.get(f"{registry}/v2/{namespace}/app/tags/list").status_code == 404
+    listed = bob_client.get(f"{registry}/v2/_catalog").json()["repositories"]
+    assert not [name for name in listed if name.startswith(namespace + "/") and
+                name != f"{namespace}/mine"]
+
+
+def _age_tombstone(namespace: str) -> None:
+    """What namespace_quarantine() seconds of waiting would do."""
+    NamespaceTombstoneItem(f"ns#{namespace}", TOMBSTONE_SK).update(actions=[
+        NamespaceTombstoneItem.deleted_at.set(time.time() - accounts.namespace_quarantine() - 1)])
+
+
+# ---------------------------------------------------------------- 8: the namespace limit holds
+
+def test_parallel_activations_stop_at_the_namespace_limit(registry):
+    from chalicelib.api.manage.people import NAMESPACES_PER_USER
+    headers = console_headers(registry, new_user())
+    names = ["act" + uuid.uuid4().hex[:8] for _ in range(20)]
+
+    def activate(name):
+        return requests.post(f"{registry}{API}/namespaces", json={"name": name},
+                             headers=headers).status_code
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(activate, names))
+    assert codes.count(201) == NAMESPACES_PER_USER, codes
+    assert set(codes) == {201, 403}
+    mine = requests.get(f"{registry}{API}/namespaces", headers=headers).json()["namespaces"]
+    assert len(mine) == NAMESPACES_PER_USER
+    # deleting one gives its place back
+    assert requests.delete(f"{registry}{API}/namespaces/{mine[0]['name']}",
+                           headers=headers).status_code == 200
+    assert activate("act" + uuid.uuid4().hex[:8]) == 201
+    assert activate("act" + uuid.uuid4().hex[:8]) == 403
