@@ -8,6 +8,7 @@ parallel activations overran, and `make run`'s unauthenticated bodies and orphan
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +17,14 @@ from urllib.parse import parse_qs, urlparse
 import jwt
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
 
 from chalicelib.api import catalog
 from chalicelib.auth import accounts
 from chalicelib.config import settings
 from chalicelib.storage.models import REPOS_PK, TOMBSTONE_SK, NamespaceTombstoneItem, RepoItem
-from tests.support.registry_api import (RegistryClient, error_code, http, push_blob, push_image,
-                                        sha256)
+from tests.support.registry_api import (ADMIN, RegistryClient, error_code, http, push_blob,
+                                        push_image, sha256)
 
 PASSWORD = "correct horse battery"
 API = "/v2/_berth/api"
@@ -275,3 +277,119 @@ def test_parallel_activations_stop_at_the_namespace_limit(registry):
                            headers=headers).status_code == 200
     assert activate("act" + uuid.uuid4().hex[:8]) == 201
     assert activate("act" + uuid.uuid4().hex[:8]) == 403
+
+
+# ---------------------------------------------------------------- 3 and 6: lock-out, timing
+
+class _FromAddress(HTTPAdapter):
+    """Connect from another loopback address: the registry sees another client (sourceIp)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        kwargs["source_address"] = (self.address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def client_at(address: str) -> requests.Session:
+    session = requests.Session()
+    session.mount("http://", _FromAddress(address))
+    return session
+
+
+_next_address = iter(range(20, 250))
+
+
+def fresh_address() -> str:
+    """A loopback address no other test logged in from (each test gets its own sources)."""
+    return f"127.0.{uuid.uuid4().int % 200 + 20}.{next(_next_address)}"
+
+
+def login(session: requests.Session, base: str, username: str, password: str):
+    return session.get(f"{base}/v2/_berth/token", auth=(username, password),
+                       params={"service": "berth"})
+
+
+def test_guessing_a_password_slows_the_guesser_not_the_victim(registry):
+    victim = new_user()
+    ci_token = accounts.create_access_token(victim, "ci", "push")
+    attacker, home = client_at(fresh_address()), client_at(fresh_address())
+    for _ in range(accounts.PAIR_FAILURE_FREE):
+        assert login(attacker, registry, victim, "guess guess").status_code == 401
+    r = login(attacker, registry, victim, "one more guess")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1       # the guesser waits
+    # the victim, from anywhere else, gets in with the right password; a CI token gets in even
+    # from the guesser's own address
+    assert login(home, registry, victim, PASSWORD).status_code == 200
+    assert login(attacker, registry, victim, ci_token).status_code == 200
+    # the admin too: wrong passwords for "admin" from a stranger do not lock the admin out
+    for _ in range(accounts.PAIR_FAILURE_FREE + 1):
+        login(attacker, registry, ADMIN[0], "not the admin password")
+    assert login(home, registry, *ADMIN).status_code == 200
+
+
+def test_made_up_names_slow_their_address_with_growing_delays_but_not_its_known_users(registry):
+    regular, newcomer = new_user(), new_user()
+    address = fresh_address()
+    office = client_at(address)
+    assert login(office, registry, regular, PASSWORD).status_code == 200   # known from here
+    for i in range(accounts.ADDRESS_FAILURE_FREE):
+        r = login(office, registry, f"made-up-{uuid.uuid4().hex[:8]}", "password?")
+        assert r.status_code == 401, (i, r.status_code)
+    first = login(office, registry, f"made-up-{uuid.uuid4().hex[:8]}", "password?")
+    assert first.status_code == 429
+    # not yet known from this address: waits like the attacker (its password is not even
+    # checked); known: gets in; an access token: gets in
+    assert login(office, registry, newcomer, PASSWORD).status_code == 429
+    assert login(office, registry, regular, PASSWORD).status_code == 200
+    token = accounts.create_access_token(newcomer, "ci", "pull")
+    assert login(office, registry, newcomer, token).status_code == 200
+    # the delay doubles with each further failure
+    time.sleep(int(first.headers["Retry-After"]))
+    assert login(office, registry, "made-up-again", "password?").status_code == 401
+    second = login(office, registry, "made-up-again", "password?")
+    assert second.status_code == 429
+    assert int(second.headers["Retry-After"]) > int(first.headers["Retry-After"])
+
+
+def test_throttling_never_depends_on_the_user_existing(registry):
+    existing = new_user()
+    answers = {}
+    for name in (existing, "nobody" + uuid.uuid4().hex[:8]):
+        source = client_at(fresh_address())
+        answers[name] = [login(source, registry, name, "wrong password").status_code
+                         for _ in range(accounts.PAIR_FAILURE_FREE + 2)]
+    assert answers[existing] == answers[[n for n in answers if n != existing][0]]
+    assert answers[existing][-1] == 429
+
+
+def test_unknown_and_known_users_cost_the_same_work(registry, aws_calls, monkeypatch):
+    from chalicelib.auth import passwords
+    kdf_runs = []
+    real = passwords._scrypt
+    monkeypatch.setattr(passwords, "_scrypt", lambda *a: kdf_runs.append(1) or real(*a))
+    existing, missing = new_user(), "nobody" + uuid.uuid4().hex[:8]
+    token_shaped = accounts.TOKEN_PREFIX + "0123456789abcdef_" + "s" * 43
+    source = client_at(fresh_address())
+    work, timings = {}, {}
+    for password in (token_shaped, "a wrong password"):
+        for name in (existing, missing):
+            kdf_runs.clear()
+            aws_calls.reset()
+            r = login(source, registry, name, password)
+            assert r.status_code == 401
+            work[(password, name)] = (len(kdf_runs), dict(aws_calls.calls))
+    assert work[(token_shaped, existing)] == work[(token_shaped, missing)]
+    assert work[(token_shaped, existing)][0] == 0            # no KDF for a token-shaped password
+    assert work[("a wrong password", existing)] == work[("a wrong password", missing)]
+    # and on the clock (medians; generous: the machine is shared)
+    for name in (existing, missing):
+        samples = []
+        for _ in range(7):
+            started = time.perf_counter()
+            login(client_at(fresh_address()), registry, name, token_shaped)
+            samples.append(time.perf_counter() - started)
+        timings[name] = statistics.median(samples)
+    assert timings[missing] < 3 * timings[existing] and timings[existing] < 3 * timings[missing]

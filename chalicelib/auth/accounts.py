@@ -26,10 +26,10 @@ ROLES = {"owner": frozenset({PULL, PUSH, DELETE}), "push": frozenset({PULL, PUSH
          "pull": frozenset({PULL})}
 TOKEN_SCOPES = {"pull": frozenset({PULL}), "push": frozenset({PULL, PUSH})}
 TOKEN_PREFIX = "berth_"
-# Brute force: at most this many failed logins per user / per address in one window.
+# Brute force (see authenticate): failures a source may make in one window before it must wait.
 THROTTLE_WINDOW = 15 * 60
-USER_FAILURE_LIMIT = 5
-ADDRESS_FAILURE_LIMIT = 20
+PAIR_FAILURE_FREE = 5          # for one user name from one address
+ADDRESS_FAILURE_FREE = 20      # from one address, whatever the user names
 PASSWORD_MIN = 8
 CLOCK_SKEW = 60          # seconds of clock difference between Lambda instances we allow for
 
@@ -316,7 +316,9 @@ def _token_hash(secret: str) -> str:
 
 
 def _check_access_token(username: str, password: str) -> Optional[FrozenSet[str]]:
-    """The scope of a valid, unrevoked access token given as password; None otherwise."""
+    """The scope of a valid, unrevoked access token given as password; None otherwise. The
+    same reads and comparison whether or not the user exists (user names are not revealed by
+    timing)."""
     body = password[len(TOKEN_PREFIX):]
     token_id, _, secret = body.partition("_")
     if not token_id or not secret or len(token_id) != 16:
@@ -324,6 +326,7 @@ def _check_access_token(username: str, password: str) -> Optional[FrozenSet[str]
     try:
         token = AccessTokenItem.get(user_pk(username), f"token#{token_id}")
     except DoesNotExist:
+        hmac.compare_digest(_NO_TOKEN_HASH, _token_hash(secret))
         return None
     if token.revoked or not hmac.compare_digest(token.secret_hash, _token_hash(secret)):
         return None
@@ -331,29 +334,40 @@ def _check_access_token(username: str, password: str) -> Optional[FrozenSet[str]
     return TOKEN_SCOPES[token.scope]
 
 
-# ---------------------------------------------------------------- login
+_NO_TOKEN_HASH = _token_hash(secrets.token_urlsafe(32))
+
+
+# ---------------------------------------------------------------- login and its throttling
+#
+# Failures slow down their source, never the account: they are counted per address and per
+# (user name, address) pair, in fixed windows, and past a free allowance each further failure
+# makes that source wait twice as long as the last one (1 s, 2 s, 4 s, ... up to the window's
+# end) before its next password is even checked. The victim of a guessing attack, from any other
+# address, still gets in; so does anyone behind the attacker's address who signed in from it
+# before (a "known" pair); an access token (256 random bits: nothing to guess) is checked
+# without any throttling. Nothing here reads whether the user exists.
 
 def authenticate(username: str, password: str, address: Optional[str]) -> Principal:
-    """Check credentials, with throttling per user and per address; AccountError if refused."""
-    keys = [("user", username, USER_FAILURE_LIMIT)]
-    if address:
-        keys.append(("addr", address, ADDRESS_FAILURE_LIMIT))
-    for kind, key, limit in keys:
-        _refuse_if_throttled(kind, key, limit)
+    """Check credentials, with per-source backoff; AccountError (or LoginThrottled) if refused."""
+    if password.startswith(TOKEN_PREFIX):
+        user, scope = get_user(username), _check_access_token(username, password)
+        if user is None or scope is None:
+            _record_failures(_Sources.read(username, address))
+            raise AccountError("incorrect username or password")
+        return _admit(user, username, scope)
+    sources = _Sources.read(username, address)
+    sources.refuse_if_throttled()
     user = get_user(username)
-    scope = None
     if user is None:
         passwords.burn_time_like_a_verification(password)
-        ok = False
-    elif password.startswith(TOKEN_PREFIX):
-        scope = _check_access_token(username, password)
-        ok = scope is not None
-    else:
-        ok = passwords.verify_password_cached(password, user.password_hash)
-    if not ok:
-        for kind, key, _ in keys:
-            _record_failure(kind, key)
+    if user is None or not passwords.verify_password_cached(password, user.password_hash):
+        _record_failures(sources)
         raise AccountError("incorrect username or password")
+    sources.remember_success()
+    return _admit(user, username, None)
+
+
+def _admit(user: UserItem, username: str, scope: Optional[FrozenSet[str]]) -> Principal:
     if user.disabled:
         raise AccountError(f"user {username!r} is disabled")
     return Principal(username, bool(user.admin), scope)
@@ -363,25 +377,71 @@ def _window() -> int:
     return int(time.time()) // THROTTLE_WINDOW
 
 
-def _failure_key(kind: str, key: str) -> str:
-    return f"lock#{kind}#{key}#{_window()}"
+def _backoff(failures: int, free: int) -> float:
+    """Seconds a source waits after its last failure: 0 within its free allowance."""
+    if failures < free:
+        return 0.0
+    return float(min(2 ** min(failures - free, 20), THROTTLE_WINDOW))
 
 
-def _refuse_if_throttled(kind: str, key: str, limit: int) -> None:
-    try:
-        item = LoginFailureItem.get(_failure_key(kind, key), "lock")
-    except DoesNotExist:
-        return
-    if item.failures >= limit:
-        raise LoginThrottled(int((_window() + 1) * THROTTLE_WINDOW - time.time()) + 1)
+KNOWN_FOR = 30 * 24 * 3600      # a (user, address) pair that signed in stays known this long
 
 
-def _record_failure(kind: str, key: str) -> None:
+@dataclass
+class _Sources:
+    """The throttling items of one login attempt, read with one BatchGet: its (user, address)
+    pair's and its address's failures in the current window, and whether the pair is known."""
+    pair: LoginFailureItem
+    address: LoginFailureItem
+    known: LoginFailureItem
+
+    @classmethod
+    def read(cls, username: str, address: Optional[str]) -> "_Sources":
+        window, user, address = _window(), username[:64], address or "-"
+        keys = {"pair": f"lock#pair#{user}#{address}#{window}",
+                "addr": f"lock#addr#{address}#{window}",
+                "known": f"lock#known#{user}#{address}"}
+        found = {item.pk: item for item in LoginFailureItem.batch_get(
+            [(key, "lock") for key in keys.values()])}
+        items = {kind: found.get(key) or LoginFailureItem(key, "lock", failures=0)
+                 for kind, key in keys.items()}
+        return cls(items["pair"], items["addr"], items["known"])
+
+    def is_known(self) -> bool:
+        return bool(self.known.known) and (self.known.expires or 0) > time.time()
+
+    def refuse_if_throttled(self) -> None:
+        waits = [_wait(self.pair, PAIR_FAILURE_FREE)]
+        if not self.is_known():   # signed in from here before: not the stranger being slowed
+            waits.append(_wait(self.address, ADDRESS_FAILURE_FREE))
+        wait = max(waits)
+        if wait > 0:
+            raise LoginThrottled(int(wait) + 1)
+
+    def remember_success(self) -> None:
+        """Forgive the pair's failures; mark it known (a write at most every few weeks)."""
+        now = int(time.time())
+        if self.pair.failures:
+            self.pair.delete()
+        if not self.is_known() or (self.known.expires or 0) < now + KNOWN_FOR // 2:
+            self.known.known = True
+            self.known.expires = now + KNOWN_FOR
+            self.known.save()
+
+
+def _wait(item: LoginFailureItem, free: int) -> float:
+    if not item.failures or item.last_failure is None:
+        return 0.0
+    return float(item.last_failure) + _backoff(int(item.failures), free) - time.time()
+
+
+def _record_failures(sources: _Sources) -> None:
     now = time.time()
-    LoginFailureItem(_failure_key(kind, key), "lock").update(actions=[
-        LoginFailureItem.failures.add(1),
-        LoginFailureItem.first_failure.set(LoginFailureItem.first_failure | now),
-        LoginFailureItem.expires.set(int(now) + 2 * THROTTLE_WINDOW)])
+    for item in (sources.pair, sources.address):
+        LoginFailureItem(item.pk, "lock").update(actions=[
+            LoginFailureItem.failures.add(1), LoginFailureItem.last_failure.set(now),
+            LoginFailureItem.first_failure.set(LoginFailureItem.first_failure | now),
+            LoginFailureItem.expires.set(int(now) + 2 * THROTTLE_WINDOW)])
 
 
 # ---------------------------------------------------------------- permissions

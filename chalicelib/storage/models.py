@@ -198,7 +198,7 @@ class UploadItem(_Base):
 #  ns#<namespace>     ns                   NamespaceItem
 #  ns#<namespace>     member#<user>        MembershipItem (the namespace's view)
 #  ns#<namespace>     deleted              NamespaceTombstoneItem (a deleted namespace; TTL)
-#  lock#<kind>#<key>  lock                 LoginFailureItem (brute-force throttling; TTL)
+#  lock#<kind>#<key>  lock                 LoginFailureItem (login backoff per source; TTL)
 
 def user_pk(name: str) -> str:
     return f"user#{name}"
@@ -259,5 +259,7 @@ class AccessTokenItem(_Base):
 
 class LoginFailureItem(_Base):
     failures = NumberAttribute(default=0)
-    first_failure = NumberAttribute()
-    expires = NumberAttribute()      # DynamoDB TTL attribute: the item cleans itself up
+    first_failure = NumberAttribute(null=True)
+    last_failure = NumberAttribute(null=True)   # the backoff runs from here
+    known = BooleanAttribute(null=True)         # pair: this user signed in from this address
+    expires = NumberAttribute(null=True)        # DynamoDB TTL attribute: it cleans itself up
