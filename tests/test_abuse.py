@@ -8,10 +8,19 @@ parallel activations overran, and `make run`'s unauthenticated bodies and orphan
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import List
 from urllib.parse import parse_qs, urlparse
 
 import jwt
@@ -23,6 +32,8 @@ from chalicelib.api import catalog
 from chalicelib.auth import accounts
 from chalicelib.config import settings
 from chalicelib.storage.models import REPOS_PK, TOMBSTONE_SK, NamespaceTombstoneItem, RepoItem
+from berth_local.backend import free_port
+from tests.conftest import ROOT, _wait_for
 from tests.support.registry_api import (ADMIN, RegistryClient, error_code, http, push_blob,
                                         push_image, sha256)
 
@@ -393,3 +404,105 @@ def test_unknown_and_known_users_cost_the_same_work(registry, aws_calls, monkeyp
             samples.append(time.perf_counter() - started)
         timings[name] = statistics.median(samples)
     assert timings[missing] < 3 * timings[existing] and timings[existing] < 3 * timings[missing]
+
+
+# ---------------------------------------------------------------- 9: make run's moto, the CLI
+
+def _children(pid: int) -> List[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_kill_9_of_make_run_takes_its_moto_child_down(tmp_path):
+    port, moto_port = free_port(), free_port()
+    env = dict(os.environ, PORT=str(port), BERTH_MOTO_PORT=str(moto_port),
+               BERTH_STATE_DIR=str(tmp_path / "state"), BERTH_LOG_LEVEL="WARNING",
+               BERTH_ADMIN_PASSWORD="run-admin-password")
+    for name in ("BERTH_AWS_ENDPOINT", "BERTH_TOKEN_KEY"):
+        env.pop(name, None)
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "berth_local.run"], cwd=ROOT, env=env,
+                               stdout=out, stderr=subprocess.STDOUT)
+    moto = []
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/v2/", run, log)
+        moto = _children(run.pid)
+        assert moto and all(_alive(pid) for pid in moto)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in moto) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in moto), "moto outlived make run"
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", moto_port), timeout=2).close()
+        # the state file it could not remove is stale: the CLI says so and touches nothing
+        assert (tmp_path / "state" / "local.json").exists()
+        refused = _berth_cli(tmp_path, "user", "add", "eve", "--password-stdin",
+                             stdin="a long password\n")
+        assert refused.returncode == 1
+        assert "no longer running" in refused.stderr and "BERTH_TARGET=aws" in refused.stderr
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for pid in moto:        # only if the test failed: what this test started
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _berth_cli(tmp_path: Path, *args: str, stdin: str = "", **extra_env: str):
+    """`berth` with AWS credentials in the environment, its DynamoDB and S3 endpoints pointed at
+    a socket that records whether anything connected (a real AWS call would)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BERTH_") and not k.startswith("AWS_")}
+    env.update(AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY="example",
+               AWS_DEFAULT_REGION="us-east-1", BERTH_STATE_DIR=str(tmp_path / "state"),
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **extra_env)
+    contacted = threading.Event()
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+
+        def refuse_everyone():
+            while True:
+                try:
+                    conn, _ = trap.accept()
+                except OSError:
+                    return
+                contacted.set()
+                conn.close()
+        threading.Thread(target=refuse_everyone, daemon=True).start()
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{trap.getsockname()[1]}"
+        result = subprocess.run([sys.executable, "-m", "berth_local.cli", *args], input=stdin,
+                                capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    result.aws_contacted = contacted.is_set()
+    return result
+
+
+def test_berth_cli_never_falls_back_to_aws_by_itself(tmp_path):
+    (tmp_path / "state").mkdir()
+    for state in (None, {"registry": "http://127.0.0.1:1", "aws_endpoint": "http://127.0.0.1:1",
+                         "pid": 2 ** 22 + 17}):
+        if state:
+            (tmp_path / "state" / "local.json").write_text(json.dumps(state))
+        result = _berth_cli(tmp_path, "user", "add", "eve", "--password-stdin",
+                            stdin="a long password\n")
+        assert result.returncode == 1, result.stderr
+        assert "make run" in result.stderr and "BERTH_TARGET=aws" in result.stderr
+        assert "Traceback" not in result.stderr and not result.aws_contacted
+    # asked for, AWS is what it talks to
+    asked = _berth_cli(tmp_path, "user", "add", "eve", "--password-stdin",
+                       stdin="a long password\n", BERTH_TARGET="aws",
+                       AWS_MAX_ATTEMPTS="1", AWS_RETRY_MODE="standard")
+    assert asked.returncode != 0 and asked.aws_contacted
