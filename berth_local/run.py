@@ -78,7 +78,8 @@ def main() -> int:
         if max_body:
             print(f"Refusing request bodies over {max_body} bytes, as API Gateway/Lambda would",
                   flush=True)
-        serve(wsgi, host, port, threads=int(os.environ.get("BERTH_THREADS", "8")))
+        serve(wsgi, host, port, threads=int(os.environ.get("BERTH_THREADS", "8")),
+              guard_bodies=True)
     finally:
         if STATE_FILE.exists() and json.loads(STATE_FILE.read_text()).get("pid") == os.getpid():
             STATE_FILE.unlink()

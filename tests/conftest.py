@@ -51,7 +51,7 @@ def _serve(**options) -> Iterator[str]:
     from app import app
     from berth_local.gateway import make_wsgi_app
     from berth_local.serve import start_in_thread
-    server, port = start_in_thread(make_wsgi_app(app, **options))
+    server, port = start_in_thread(make_wsgi_app(app, **options), guard_bodies=True)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

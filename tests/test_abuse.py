@@ -506,3 +506,52 @@ def test_berth_cli_never_falls_back_to_aws_by_itself(tmp_path):
                        stdin="a long password\n", BERTH_TARGET="aws",
                        AWS_MAX_ATTEMPTS="1", AWS_RETRY_MODE="standard")
     assert asked.returncode != 0 and asked.aws_contacted
+
+
+# ---------------------------------------------------------------- 4: no spooling without a token
+
+def _send_big_body(base: str, headers: str, first_bytes: int = 8 * 1024 * 1024) -> bytes:
+    """Start a request announcing a 2 GiB body, send its first bytes, and return what the
+    server answers meanwhile (b"" if it waits for the rest, as it did spooling to disk)."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(headers.encode() + b"\r\n")
+        chunk = b"\0" * 65536
+        sent = 0
+        try:
+            while sent < first_bytes:
+                conn.sendall(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass               # refused and closed while we were still sending: fine
+        conn.settimeout(5)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = conn.recv(65536)
+                if not data:
+                    break
+                answer += data
+        except (socket.timeout, ConnectionResetError):
+            pass
+        return answer
+
+
+def test_unauthenticated_bodies_are_refused_before_they_are_spooled(registry):
+    for auth in ("", "Authorization: Bearer not-a-token\r\n",
+                 "Authorization: Basic YWRtaW46YWRtaW4tdGVzdC1wYXNzd29yZA==\r\n"):
+        started = time.monotonic()
+        answer = _send_big_body(registry, (
+            "PATCH /v2/spool/app/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+            f"Host: {registry.split('//')[1]}\r\n{auth}"
+            f"Content-Length: {2 * 1024 ** 3}\r\n"))
+        assert answer.startswith(b"HTTP/1.1 401"), (auth, answer[:200])
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b'www-authenticate: bearer realm="' in head.lower() and b"Connection: close" in head
+        assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
+        assert time.monotonic() - started < 8       # not after 2 GiB
+    # chunked, as podman sends it
+    answer = _send_big_body(registry, (
+        "PATCH /v2/spool/app/blobs/uploads/0123456789abcdef0123456789abcdef HTTP/1.1\r\n"
+        f"Host: {registry.split('//')[1]}\r\nTransfer-Encoding: chunked\r\n"), first_bytes=0)
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
