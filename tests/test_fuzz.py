@@ -7,9 +7,9 @@ answer must be a client error or a success — never a 500 —, a tenant must ne
 private content, and each request must make a bounded number of AWS calls (counted in botocore,
 in this process, where the registry runs).
 
-Examples per test are set for CI (the whole file runs in a few minutes); raise them locally with
-FUZZ_EXAMPLES=1000. Requests come from their own loopback address, so that the failed logins the
-fuzzer causes slow down only itself (login backoff is per address).
+Examples per test are set for CI (the whole file runs in about a minute and a half); raise them
+locally with BERTH_FUZZ_EXAMPLES=1000. Requests come from their own loopback address, so that the
+failed logins the fuzzer causes slow down only itself (login backoff is per address).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from tests.support.registry_api import RegistryClient, absolute, push_blob, push
 from tests.test_abuse import client_at, fresh_address
 
 PASSWORD = "correct horse battery"
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("BERTH_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, print_blob=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow, HealthCheck.filter_too_much])
