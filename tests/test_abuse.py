@@ -34,24 +34,26 @@ from chalicelib.config import settings
 from chalicelib.storage.models import REPOS_PK, TOMBSTONE_SK, NamespaceTombstoneItem, RepoItem
 from berth_local.backend import free_port
 from tests.conftest import ROOT, _wait_for
+from tests.test_manage_api import PASSWORD, api_token, new_user
 from tests.support.registry_api import (ADMIN, RegistryClient, error_code, http, push_blob,
                                         push_image, sha256)
 
-PASSWORD = "correct horse battery"
 API = "/v2/_berth/api"
 
 
-def new_user(admin: bool = False) -> str:
-    name = "x" + uuid.uuid4().hex[:10]
-    accounts.create_user(name, PASSWORD, admin=admin, log2_n=10)
-    return name
+def console_headers(base: str, username: str) -> dict:
+    return {"Authorization": "Bearer " + api_token(base, username),
+            "Content-Type": "application/json"}
 
 
-def console_headers(base: str, username: str, password: str = PASSWORD) -> dict:
-    r = requests.get(f"{base}/v2/_berth/token", auth=(username, password),
-                     params={"service": "berth", "scope": "berth:api:*"})
-    assert r.status_code == 200, r.text
-    return {"Authorization": "Bearer " + r.json()["token"], "Content-Type": "application/json"}
+def user_with_namespace(base: str, prefix: str):
+    """A new user signed in to the console, with a namespace activated through the API."""
+    user = new_user()
+    headers = console_headers(base, user)
+    namespace = prefix + uuid.uuid4().hex[:8]
+    assert requests.post(f"{base}{API}/namespaces", json={"name": namespace},
+                         headers=headers).status_code == 201
+    return user, headers, namespace
 
 
 # ---------------------------------------------------------------- 5: nested JSON is a 400
@@ -167,11 +169,7 @@ def repository_limit(monkeypatch):
 
 
 def test_repositories_per_namespace_limit_on_push_and_api(registry, repository_limit):
-    user = new_user()
-    headers = console_headers(registry, user)
-    namespace = "lim" + uuid.uuid4().hex[:8]
-    assert requests.post(f"{registry}{API}/namespaces", json={"name": namespace},
-                         headers=headers).status_code == 201
+    user, headers, namespace = user_with_namespace(registry, "lim")
     client = RegistryClient((user, PASSWORD))
     for i in range(2):
         r = requests.post(f"{registry}{API}/repositories", json={"name": f"{namespace}/r{i}"},
@@ -194,11 +192,7 @@ def test_repositories_per_namespace_limit_on_push_and_api(registry, repository_l
 
 
 def test_parallel_repository_creations_stop_at_the_limit(registry, repository_limit):
-    user = new_user()
-    headers = console_headers(registry, user)
-    namespace = "par" + uuid.uuid4().hex[:8]
-    assert requests.post(f"{registry}{API}/namespaces", json={"name": namespace},
-                         headers=headers).status_code == 201
+    _, headers, namespace = user_with_namespace(registry, "par")
 
     def create(i):
         return requests.post(f"{registry}{API}/repositories", json={"name": f"{namespace}/r{i}"},

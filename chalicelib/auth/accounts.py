@@ -275,8 +275,9 @@ def set_namespace_public(namespace: str, public: bool) -> None:
 def set_repository_public(repository: str, public: bool) -> None:
     """Make one repository public (anonymous pull) or private; it need not be pushed yet."""
     oci.check_name(repository)
-    metadata.ensure_repository(repository)
     now = time.time()
+    metadata.ensure_repository(repository, RepoItem(REPOS_PK, repository, created=now,
+                                                    updated=now))
     RepoItem(REPOS_PK, repository).update(actions=[
         RepoItem.public.set(public), RepoItem.created.set(RepoItem.created | now),
         RepoItem.updated.set(RepoItem.updated | now)])

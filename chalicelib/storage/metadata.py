@@ -188,13 +188,13 @@ def link_blob(tx: Tx, repo: str, digest: str, size: int, now: float) -> None:
     it, or its namespace, cannot miss them)."""
     tx.put(("link", repo), LinkItem(repo_pk(repo), link_sk(digest), size=size, created=now))
     tx.put(("rlink", repo), BlobLinkItem(blob_pk(digest), blob_link_sk(repo), created=now))
-    touch_repository(tx, repo, now)
+    touch_repository(tx, repo, now, [RepoItem.blob_only.set(RepoItem.blob_only | True)])
 
 
-def touch_repository(tx: Tx, repo: str, now: float) -> None:
+def touch_repository(tx: Tx, repo: str, now: float, more: Sequence = ()) -> None:
     """Bump the repository's `updated` (a delete in progress then sees the change)."""
     tx.update(("repo",), RepoItem(REPOS_PK, repo), [RepoItem.created.set(RepoItem.created | now),
-                                                    RepoItem.updated.set(now)])
+                                                    RepoItem.updated.set(now), *more])
 
 
 class RepositoryLimit(RegistryError):
@@ -214,8 +214,8 @@ def ensure_repository(repo: str, created: Optional[RepoItem] = None) -> bool:
     limit = settings().repos_per_namespace
     now = time.time()
     tx = Tx()
-    tx.put(("exists",), created or RepoItem(REPOS_PK, repo, created=now, updated=now),
-           condition=RepoItem.sk.does_not_exist())
+    created = created or RepoItem(REPOS_PK, repo, created=now, updated=now, blob_only=True)
+    tx.put(("exists",), created, condition=RepoItem.sk.does_not_exist())
     count = NamespaceItem.repositories
     tx.update(("namespace",), NamespaceItem(ns_pk(namespace), "ns"), [count.add(1)],
               condition=NamespaceItem.owner.exists() & (count.does_not_exist() | (count < limit)))
@@ -228,9 +228,8 @@ def ensure_repository(repo: str, created: Optional[RepoItem] = None) -> bool:
     try:
         NamespaceItem.get(ns_pk(namespace), "ns", consistent_read=True)
     except DoesNotExist:       # no namespace item (an admin's push to a bare name): no count
-        item = created or RepoItem(REPOS_PK, repo, created=now, updated=now)
         try:
-            item.save(condition=RepoItem.sk.does_not_exist())
+            created.save(condition=RepoItem.sk.does_not_exist())
             return True
         except PutError as exc:
             if is_condition_failure(exc):
@@ -521,7 +520,7 @@ def _tag_and_companions(tx: Tx, repo: str, record: ManifestRecord, tag: Optional
             artifact_type=record.artifact_type,
             annotations=(record.annotations or None) if small else None,
             annotations_in_manifest=None if small else True))
-    touch_repository(tx, repo, now)
+    touch_repository(tx, repo, now, [RepoItem.blob_only.remove()])
 
 
 def _take_ref(tx: Tx, kind: str, repo: str, digest: str) -> None:
@@ -729,6 +728,15 @@ def repo_exists(repo: str) -> bool:
     try:
         RepoItem.get(REPOS_PK, repo, attributes_to_get=["pk"])
         return True
+    except DoesNotExist:
+        return False
+
+
+def repo_has_content(repo: str) -> bool:
+    """Whether the repository exists for its tag list: a manifest was pushed, or it was
+    created explicitly (console), not only blobs uploaded."""
+    try:
+        return not RepoItem.get(REPOS_PK, repo, attributes_to_get=["pk", "blob_only"]).blob_only
     except DoesNotExist:
         return False
 

@@ -123,6 +123,9 @@ class RepoItem(_Base):
     created = NumberAttribute()
     updated = NumberAttribute()
     public = BooleanAttribute(null=True)    # anonymous pull allowed (see also NamespaceItem)
+    # True while only blobs were pushed (no manifest yet): the repository exists, so deleting
+    # it or its namespace finds them, but its tag list is NAME_UNKNOWN, as distribution's is
+    blob_only = BooleanAttribute(null=True)
 
 
 class TagItem(_Base):
