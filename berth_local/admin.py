@@ -1,7 +1,7 @@
 """`berth user|namespace|repo|token …`: account administration, straight against DynamoDB.
 
-Target: the registry `make run` is serving (found through .berth/local.json), else AWS with the
-usual AWS environment (credentials, AWS_REGION, BERTH_TABLE). BERTH_TARGET=local|aws forces one.
+Target: the registry `make run` is serving (found through .berth/local.json); AWS (the usual AWS
+environment: credentials, AWS_REGION, BERTH_TABLE) only with BERTH_TARGET=aws, never by default.
 """
 from __future__ import annotations
 
@@ -16,20 +16,24 @@ from berth_local.cli import CliError, command
 
 
 def connect() -> str:
-    """Point chalicelib at the right backend; returns a description of the target."""
+    """Point chalicelib at the right backend; returns a description of the target.
+
+    Never falls back to AWS by itself: without BERTH_TARGET=aws it needs a live `make run`
+    (its .berth/local.json, whose process is running), and says what to do otherwise."""
     from berth_local.run import STATE_FILE
     target = os.environ.get("BERTH_TARGET", "auto")
     if target not in ("auto", "local", "aws"):
         raise CliError(f"BERTH_TARGET must be auto, local or aws, not {target!r}")
-    state = _local_state(STATE_FILE) if target != "aws" and not os.environ.get(
-        "BERTH_AWS_ENDPOINT") else None
-    if target == "local" and state is None:
-        raise CliError("no running `make run` registry found (start it with `make run`)")
-    if state is not None:
-        from berth_local.backend import use_endpoint
-        use_endpoint(state["aws_endpoint"])
-        return f"local registry {state['registry']}"
-    return "AWS (table {})".format(os.environ.get("BERTH_TABLE", "berth"))
+    if target == "aws":
+        return "AWS (table {})".format(os.environ.get("BERTH_TABLE", "berth"))
+    if os.environ.get("BERTH_AWS_ENDPOINT"):       # an explicit endpoint (moto) wins
+        return f"the AWS endpoint {os.environ['BERTH_AWS_ENDPOINT']}"
+    state = _local_state(STATE_FILE)
+    if state is None:
+        raise CliError(_no_local_registry(STATE_FILE))
+    from berth_local.backend import use_endpoint
+    use_endpoint(state["aws_endpoint"])
+    return f"local registry {state['registry']}"
 
 
 def _local_state(path) -> "dict | None":
@@ -39,6 +43,13 @@ def _local_state(path) -> "dict | None":
         return state
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _no_local_registry(path) -> str:
+    found = "no " + str(path) if not path.exists() else (
+        f"{path} belongs to a `make run` that is no longer running")
+    return (f"no running `make run` registry found ({found}): start one with `make run`, "
+            "or set BERTH_TARGET=aws to administer the AWS deployment")
 
 
 def _read_password(args: argparse.Namespace) -> str:

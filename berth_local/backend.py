@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,21 @@ def _wait_until_up(endpoint: str, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+def _die_with_parent(parent: int):
+    """For Popen's preexec_fn: the child gets SIGKILL when this process dies, however it dies
+    (`kill -9` included), so no moto is left serving every table and object unauthenticated.
+    Linux's PR_SET_PDEATHSIG; it survives the exec of the child's interpreter."""
+    def arrange() -> None:
+        import ctypes
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+            os._exit(70)
+        if os.getppid() != parent:     # the parent died before prctl: die now
+            os._exit(70)
+    return arrange
+
+
 def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, subprocess.Popen]:
     """Start moto's server as a child process, so its memory is not counted as the registry's.
 
@@ -38,7 +54,8 @@ def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, sub
     port = port or free_port(host)
     proc = subprocess.Popen([sys.executable, "-m", "berth_local.moto_server", "-H", host,
                              "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=_die_with_parent(os.getpid()))
     endpoint = f"http://{host}:{port}"
     try:
         _wait_until_up(endpoint)
@@ -48,13 +65,21 @@ def start_moto_process(port: int = 0, host: str = "127.0.0.1") -> Tuple[str, sub
     return endpoint, proc
 
 
+_SERIALIZED = None     # the serialized() context start_moto_thread entered for this process
+
+
 def start_moto_thread(host: str = "127.0.0.1"):
     """Start moto in this process (fast; for tests), with DynamoDB requests serialized for the
     rest of the process (see start_moto_process). Returns (endpoint, server)."""
     from moto.server import ThreadedMotoServer
 
     from berth_local.moto_dynamodb import serialized
-    serialized().__enter__()
+    # Keep the context manager: dropped, it is garbage-collected at once, its generator is
+    # closed, and the `finally` in serialized() takes the patches out again.
+    global _SERIALIZED
+    if _SERIALIZED is None:
+        _SERIALIZED = serialized()
+        _SERIALIZED.__enter__()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()

@@ -1,8 +1,8 @@
 """`berth gc` and `berth stats`: garbage collection on demand, and what the registry stores.
 
-Target: the registry `make run` is serving, else AWS (see berth_local/admin.connect). The sweep
-runs here, straight against DynamoDB and S3, exactly as the scheduled Lambda runs it
-(chalicelib/gc.py explains what it deletes and why that is safe alongside live pushes).
+Target: the registry `make run` is serving, or AWS with BERTH_TARGET=aws (see
+berth_local/admin.connect). The sweep runs here, straight against DynamoDB and S3, exactly as the
+scheduled Lambda runs it (chalicelib/gc.py explains what it deletes and why that is safe alongside live pushes).
 """
 from __future__ import annotations
 

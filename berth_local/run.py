@@ -107,7 +107,8 @@ def main() -> int:
         if fleet is not None:
             print(f"Lambda instances: {fleet.size} worker processes (pids "
                   f"{' '.join(map(str, fleet.pids()))})", flush=True)
-        serve(wsgi, host, port, threads=int(os.environ.get("BERTH_THREADS", "8")))
+        serve(wsgi, host, port, threads=int(os.environ.get("BERTH_THREADS", "8")),
+              guard_bodies=True)
     finally:
         if fleet is not None:
             fleet.close()

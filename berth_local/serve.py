@@ -2,8 +2,10 @@
 
 waitress is used because it de-chunks `Transfer-Encoding: chunked` bodies (podman sends them),
 spools large bodies to a temp file instead of RAM, answers `Expect: 100-continue` by itself and
-is pure Python. Its defaults are tuned for web pages, so limits are raised for layer pushes, and
-TLS attempts on the plain-HTTP port are refused at once (see PlainHTTPChannel).
+is pure Python. Its defaults are tuned for web pages, so limits are raised for layer pushes,
+TLS attempts on the plain-HTTP port are refused at once (see PlainHTTPChannel), and bodies of
+requests the registry refuses (no or no acceptable token) are never spooled
+(RegistryRequestParser): only a request whose token grants it spools its body.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable, Iterable, Union
 
 import waitress
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import BaseWSGIServer, MultiSocketServer
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,50 @@ PLAIN_HTTP_ANSWER_TO_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/pla
                             b"Connection: close\r\n\r\nThis port speaks plain HTTP, not TLS.\n")
 
 
+def refuses_body(method: str, path: str, headers: dict) -> bool:
+    """Whether the registry would answer this request 401 (or 4xx) without reading its body:
+    the app's own routing and token check (chalicelib/api/access.py; no database read)."""
+    if not path.startswith("/v2/"):
+        return False
+    from chalicelib.api import dispatch  # noqa: F401  (registers the routes)
+    from chalicelib.api.access import authorize
+    from chalicelib.api.router import Request, resolve
+    from chalicelib.errors import RegistryError
+    request = Request(method=method, path=path[len("/v2/"):], params={}, query={},
+                      headers={k.lower().replace("_", "-"): v for k, v in headers.items()})
+    try:
+        route, request.params = resolve(method, request.path)
+        authorize(request, route)
+    except RegistryError:
+        return True
+    return False
+
+
+class RegistryRequestParser(HTTPRequestParser):
+    """Refuses the body of a request the registry will refuse anyway, as soon as its headers are
+    parsed: waitress would otherwise spool the whole body (64 GiB allowed) to a temp file
+    before the app could answer 401. The request goes on with an empty body (so the app gives
+    its own answer: the 401 challenge), the connection closes after that answer, and the
+    channel drops whatever else the client sends."""
+
+    refused = False
+
+    def received(self, data: bytes) -> int:
+        consumed = super().received(data)
+        if (self.headers_finished and not self.completed and self.body_rcv is not None
+                and refuses_body(self.command, self.path, self.headers)):
+            self.refused = True
+            self.body_rcv = None
+            self.chunked = False
+            self.content_length = 0
+            self.expect_continue = False
+            self.headers["CONTENT_LENGTH"] = "0"
+            self.headers["CONNECTION"] = "close"
+            self.completed = True
+            return len(data)            # the rest of this read is body: dropped
+        return consumed
+
+
 class PlainHTTPChannel(HTTPChannel):
     """An HTTP channel that turns TLS away immediately.
 
@@ -55,6 +102,7 @@ class PlainHTTPChannel(HTTPChannel):
     """
 
     _first_bytes_seen = False
+    _dropping = False        # a refused body is arriving: nothing more is read as a request
 
     def received(self, data: bytes) -> bool:
         if not self._first_bytes_seen and data:
@@ -62,7 +110,12 @@ class PlainHTTPChannel(HTTPChannel):
             if data[0] == TLS_HANDSHAKE_RECORD:
                 self._refuse_tls()
                 return False
-        return super().received(data)
+        if self._dropping:
+            return True
+        answer = super().received(data)
+        if any(getattr(r, "refused", False) for r in self.requests):
+            self._dropping = True
+        return answer
 
     def _refuse_tls(self) -> None:
         log.debug("answering a TLS handshake from %s with plain HTTP 400", self.addr)
@@ -83,32 +136,40 @@ def _listeners(server: Server) -> list[BaseWSGIServer]:
     return [server]
 
 
-def create_server(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8) -> Server:
-    """A waitress server with Berth's adjustments; it does not serve until `.run()`."""
+class RegistryChannel(PlainHTTPChannel):
+    parser_class = RegistryRequestParser
+
+
+def create_server(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8,
+                  guard_bodies: bool = False) -> Server:
+    """A waitress server with Berth's adjustments; it does not serve until `.run()`.
+    `guard_bodies`: the app is Berth's registry; bodies it would refuse are not spooled."""
     server = waitress.create_server(wsgi_app, host=host, port=port, **_options(threads))
     for listener in _listeners(server):
-        listener.channel_class = PlainHTTPChannel
+        listener.channel_class = RegistryChannel if guard_bodies else PlainHTTPChannel
     return server
 
 
-def serve(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8) -> None:
+def serve(wsgi_app: WSGIApp, host: str, port: int, threads: int = 8,
+          guard_bodies: bool = False) -> None:
     """Serve until interrupted (blocking)."""
     logging.basicConfig(level=logging.INFO)
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    server = create_server(wsgi_app, host, port, threads)
+    server = create_server(wsgi_app, host, port, threads, guard_bodies)
     server.print_listen("Serving on http://{}:{}")
     server.run()  # returns on Ctrl-C (waitress catches KeyboardInterrupt and shuts its threads down)
 
 
 def start_in_thread(
-    wsgi_app: WSGIApp, host: str = "127.0.0.1", port: int = 0, threads: int = 8
+    wsgi_app: WSGIApp, host: str = "127.0.0.1", port: int = 0, threads: int = 8,
+    guard_bodies: bool = False
 ) -> tuple[Server, int]:
     """Start serving in a daemon thread; return (server, actual port). `server.close()` stops it.
 
     Port 0 picks a free port, so parallel test runs do not collide. Give a literal address:
     a name resolving to several addresses would get one ephemeral port each.
     """
-    server = create_server(wsgi_app, host, port, threads)
+    server = create_server(wsgi_app, host, port, threads, guard_bodies)
     actual_port = int(_listeners(server)[0].effective_port)
     thread = threading.Thread(target=server.run, name=f"berth-gateway-{actual_port}", daemon=True)
     thread.start()

@@ -23,6 +23,7 @@ class Settings:
     token_ttl: int                # seconds a registry token is valid
     public_url: Optional[str]     # base URL clients use, for the token realm; else from Host
     signup: str                   # self-service sign-up: closed, invite or open (BERTH_SIGNUP)
+    repos_per_namespace: int      # repositories one namespace may hold
 
 
 @lru_cache(maxsize=1)
@@ -39,4 +40,5 @@ def settings() -> Settings:
         token_ttl=int(os.environ.get("BERTH_TOKEN_TTL", "300")),
         public_url=(os.environ.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
         signup=os.environ.get("BERTH_SIGNUP", "closed").strip().lower() or "closed",
+        repos_per_namespace=int(os.environ.get("BERTH_REPOS_PER_NAMESPACE", "1000")),
     )

@@ -1,10 +1,9 @@
 """Manifest parsing and validation: what makes a manifest PUT acceptable (image-spec rules)."""
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Optional
 
-from chalicelib import oci
+from chalicelib import jsondoc, oci
 from chalicelib.errors import RegistryError
 from chalicelib.storage.metadata import ManifestRecord, missing_blobs, missing_manifests
 
@@ -61,9 +60,9 @@ def parse(body: bytes, content_type: Optional[str], digest: str) -> ManifestReco
         raise RegistryError("SIZE_INVALID", f"manifest is {len(body)} bytes; the limit is "
                             f"{oci.MANIFEST_MAX_BYTES}", status=413)
     try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _invalid("manifest is not valid UTF-8 JSON") from None
+        doc = jsondoc.loads(body)
+    except jsondoc.InvalidJSON as exc:
+        raise _invalid(f"manifest is {exc}") from None
     if not isinstance(doc, dict):
         raise _invalid("manifest must be a JSON object")
     if doc.get("schemaVersion") != 2:

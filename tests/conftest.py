@@ -80,7 +80,7 @@ def _serve(**options) -> Iterator[str]:
     from berth_local.gateway import make_wsgi_app
     from berth_local.root import console_at_root
     from berth_local.serve import start_in_thread
-    server, port = start_in_thread(console_at_root(make_wsgi_app(app, **options)))
+    server, port = start_in_thread(console_at_root(make_wsgi_app(app, **options)), guard_bodies=True)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

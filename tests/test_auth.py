@@ -218,7 +218,7 @@ def test_catalog_lists_only_what_the_caller_may_pull(registry, alice):
 
 def test_wrong_password_then_lockout(registry):
     user = new_user()
-    for _ in range(accounts.USER_FAILURE_LIMIT):
+    for _ in range(accounts.PAIR_FAILURE_FREE):
         r = token(registry, [], auth=(user, "wrong password!"))
         assert r.status_code == 401 and error_code(r) == "UNAUTHORIZED"
     r = token(registry, [], auth=(user, PASSWORD))   # even the right password now

@@ -504,6 +504,7 @@ def test_an_upload_that_died_before_recording_its_blob_leaves_no_orphan(registry
 
     def die():
         raise RuntimeError("Lambda killed")
+    metadata.ensure_repository("gc/orphan")     # the repository item: not what this is about
     monkeypatch.setattr(metadata.Tx, "commit", lambda self: die())
     r = http.post(f"{registry}/v2/gc/orphan/blobs/uploads/", params={"digest": digest},
                   data=data)

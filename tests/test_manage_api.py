@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from chalicelib.auth import accounts
-from chalicelib.storage.models import REPOS_PK, RepoItem
+from chalicelib.storage.models import REPOS_PK, TOMBSTONE_SK, NamespaceTombstoneItem, RepoItem
 from tests.support.registry_api import ADMIN, RegistryClient, error_code, push_image
 
 PASSWORD = "correct horse battery"
@@ -216,8 +216,13 @@ def test_namespace_delete_only_when_empty_and_limit_of_owned(registry):
     assert accounts.get_namespace(names[0]) is None
     assert names[0] not in [n["name"] for n in api.get("namespaces").json()["namespaces"]]
     assert accounts.role_in(api.username, names[0]) is None
-    # the name is free again
-    assert Api(registry, new_user()).post("namespaces", {"name": names[0]}).status_code == 201
+    # the name is free again once every registry token issued for it has expired
+    other = Api(registry, new_user())
+    error = refused(other.post("namespaces", {"name": names[0]}), 409, "name")
+    assert "deleted less than" in error["message"]
+    NamespaceTombstoneItem(f"ns#{names[0]}", TOMBSTONE_SK).update(actions=[
+        NamespaceTombstoneItem.deleted_at.set(time.time() - accounts.namespace_quarantine() - 1)])
+    assert other.post("namespaces", {"name": names[0]}).status_code == 201
 
 
 # ---------------------------------------------------------------- repositories

@@ -58,6 +58,7 @@ def put_manifest(request: Request) -> Response:
                             f"not {digest}", detail={"digest": digest})
     record = manifests.parse(body, request.header("content-type"), actual)
     manifests.check_references(request.name, record)
+    metadata.ensure_repository(request.name)
     metadata.put_manifest(request.name, record, tag)
     headers = {"Location": f"/v2/{request.name}/manifests/{actual}",
                "Docker-Content-Digest": actual}

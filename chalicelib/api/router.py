@@ -70,7 +70,9 @@ _routes: List[Route] = []
 
 def route(method: str, pattern: str, template: str, action: str) -> Callable[[Handler], Handler]:
     """Register a handler for `method` on paths under /v2/ matching `pattern`."""
-    compiled = re.compile(f"^{pattern}$")
+    # DOTALL and fullmatch: a path with a newline in it must not slip past an anchored pattern
+    # ("$" also matches before a final newline) or fall out of a catch-all
+    compiled = re.compile(f"^{pattern}$", re.DOTALL)
 
     def register(handler: Handler) -> Handler:
         _routes.append(Route(method, compiled, handler, template, action))
@@ -82,7 +84,7 @@ def resolve(method: str, path: str) -> Tuple[Route, Dict[str, str]]:
     """Find the route of a request, validating the repository name it addresses."""
     matched_path = False
     for candidate in _routes:
-        m = candidate.pattern.match(path)
+        m = candidate.pattern.fullmatch(path)
         if not m:
             continue
         matched_path = True

@@ -17,7 +17,7 @@ def list_tags(request: Request) -> Response:
     n = page_size(request, PAGE_DEFAULT, PAGE_MAX)
     last = request.arg("last") or None
     tags, more = metadata.list_tags(request.name, n, last) if n else ([], False)
-    if not tags and not metadata.repo_exists(request.name):
+    if not tags and not metadata.repo_has_content(request.name):
         raise RegistryError("NAME_UNKNOWN", detail={"name": request.name})
     headers = {"Link": next_link(f"{request.name}/tags/list", n, tags[-1])} if more else {}
     return json_response({"name": request.name, "tags": tags}, headers=headers)

@@ -110,14 +110,18 @@ def _check_service(service: Optional[str]) -> None:
                             f"not {service[:100]!r}", status=400)
 
 
+# Scopes one token request may ask for. Each costs up to three reads (role, namespace, repository);
+# docker asks for one to three (a push that mounts: the source's pull and the target's push).
+SCOPES_MAX = 20
+
+
 def _scopes(values: List[str]) -> List[Scope]:
-    scopes = []
-    for value in values:
-        for raw in value.split(" "):          # OAuth2 joins scopes with spaces
-            scope = parse_scope(raw) if raw else None
-            if scope is not None:
-                scopes.append(scope)
-    return scopes
+    raws = [raw for value in values for raw in value.split(" ") if raw]  # OAuth2 joins with " "
+    if len(raws) > SCOPES_MAX:
+        raise RegistryError("DENIED", f"{len(raws)} scopes asked for; a token request may ask "
+                            f"for at most {SCOPES_MAX}", status=400,
+                            detail={"scopes": len(raws), "limit": SCOPES_MAX})
+    return [scope for scope in map(parse_scope, raws) if scope is not None]
 
 
 @route("GET", TOKEN_PATH, "/v2/_berth/token", PUBLIC)
@@ -127,8 +131,9 @@ def get_token(request: Request) -> Response:
     account = request.arg("account")
     if account and credentials and account != credentials[0]:
         raise RegistryError("UNAUTHORIZED", "account does not match the credentials")
+    requested = _scopes(request.query.get("scope", []))
     principal = _login(request, credentials)
-    granted = _grant(principal, _scopes(request.query.get("scope", [])))
+    granted = _grant(principal, requested)
     return json_response(_issue(principal, granted))
 
 
@@ -151,8 +156,9 @@ def post_token(request: Request) -> Response:
         return json_response({"error": "invalid_request",
                               "error_description": "username and password are required"},
                              status=400)
+    requested = _scopes(form.get("scope", []))
     principal = _login(request, (field("username"), field("password")))
-    granted = _grant(principal, _scopes(form.get("scope", [])))
+    granted = _grant(principal, requested)
     answer = _issue(principal, granted)
     return json_response({"access_token": answer["access_token"],
                           "expires_in": answer["expires_in"], "issued_at": answer["issued_at"],

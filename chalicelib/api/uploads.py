@@ -43,6 +43,7 @@ def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Res
 
 @route("POST", UPLOADS, "/v2/{name}/blobs/uploads/", PUSH)
 def start_upload(request: Request) -> Response:
+    metadata.ensure_repository(request.name)     # every push starts here: the namespace's limit
     mount = request.arg("mount")
     if mount is not None:
         answer = _mount(request, oci.check_digest(mount), request.arg("from"))

@@ -14,27 +14,35 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import oci
 from chalicelib.auth import passwords
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
+from chalicelib.config import settings
+from chalicelib.storage import metadata
 from chalicelib.storage.metadata import connection
-from chalicelib.storage.models import (REPOS_PK, USERS_PK, AccessTokenItem, InviteItem,
-                                       LoginFailureItem, MembershipItem, NamespaceItem, RepoItem,
-                                       UserIndexItem, UserItem, ns_pk, user_pk)
+from chalicelib.storage.models import (REPOS_PK, TOMBSTONE_SK, USERS_PK, AccessTokenItem,
+                                       InviteItem, LoginFailureItem, MembershipItem, NamespaceItem,
+                                       NamespaceTombstoneItem, RepoItem, UserIndexItem, UserItem,
+                                       ns_pk, user_pk)
 
 ROLES = {"owner": frozenset({PULL, PUSH, DELETE}), "push": frozenset({PULL, PUSH, DELETE}),
          "pull": frozenset({PULL})}
 TOKEN_SCOPES = {"pull": frozenset({PULL}), "push": frozenset({PULL, PUSH})}
 TOKEN_PREFIX = "berth_"
-# Brute force: at most this many failed logins per user / per address in one window.
+# Brute force (see authenticate): failures a source may make in one window before it must wait.
 THROTTLE_WINDOW = 15 * 60
-USER_FAILURE_LIMIT = 5
-ADDRESS_FAILURE_LIMIT = 20
+PAIR_FAILURE_FREE = 5          # for one user name from one address
+ADDRESS_FAILURE_FREE = 20      # from one address, whatever the user names
 PASSWORD_MIN = 8
 SIGNUP_MODES = ("closed", "invite", "open")
 SIGNUP_ADDRESS_LIMIT = 20      # sign-up attempts per address in one throttling window
 INVITE_TTL = 7 * 24 * 3600
+CLOCK_SKEW = 60          # seconds of clock difference between Lambda instances we allow for
 
 
 class AccountError(Exception):
     """A refused account operation, with a message fit for the user."""
+
+
+class NamespaceLimit(AccountError):
+    """The owner has activated as many namespaces as they may."""
 
 
 class LoginThrottled(Exception):
@@ -132,12 +140,19 @@ def sign_up(username: str, password: str, namespace: str, invite: Optional[str] 
         raise AccountError(NAMESPACE_RULE)
     _check_password_strength(password)
     user = _new_user(username, password, False, log2_n)
-    item = NamespaceItem(ns_pk(namespace), "ns", owner=username, created=time.time(),
-                         public=False)
+    user.namespaces_created = 1            # the per-user limit counts this activation too
+    now = time.time()
+    item = NamespaceItem(ns_pk(namespace), "ns", owner=username, created=now, public=False,
+                         repositories=0)
     try:
         with TransactWrite(connection=connection()) as tx:
             _save_user(tx, user)
             tx.save(item, condition=NamespaceItem.pk.does_not_exist())
+            # a namespace deleted within namespace_quarantine() cannot be taken yet (its old
+            # registry tokens may still be valid)
+            tx.condition_check(NamespaceTombstoneItem, ns_pk(namespace), TOMBSTONE_SK,
+                               condition=NamespaceTombstoneItem.deleted_at.does_not_exist()
+                               | (NamespaceTombstoneItem.deleted_at < now - namespace_quarantine()))
             _save_membership(tx, namespace, username, "owner")
             if invite is not None:
                 tx.update(InviteItem(f"invite#{_token_hash(invite)}", "invite"),
@@ -150,6 +165,9 @@ def sign_up(username: str, password: str, namespace: str, invite: Optional[str] 
             raise AccountError(f"user name {username!r} is already taken") from None
         if "ConditionalCheckFailed" in reasons[2:3]:
             raise AccountError(f"namespace {namespace!r} is already taken") from None
+        if "ConditionalCheckFailed" in reasons[3:4]:
+            raise AccountError(f"namespace {namespace!r} was deleted moments ago; it can be "
+                               f"activated again in {namespace_quarantine() // 60 + 1} minutes") from None
         if reasons[-1:] == ["ConditionalCheckFailed"] and invite is not None:
             raise AccountError("this invitation is not valid: unknown, used or expired") from None
         raise
@@ -225,26 +243,94 @@ NAMESPACE_RULE = ("a namespace is lowercase letters (a-z) and digits, optionally
                   "'.', '_', '__' or '-', at most 64 characters")
 
 
-def create_namespace(namespace: str, owner: str, *, public: bool = False) -> NamespaceItem:
-    """Create a namespace owned by `owner` (activation); namespaces are globally unique."""
+def namespace_quarantine() -> int:
+    """Seconds a deleted namespace stays unclaimable: its registry tokens are verified without a
+    database read, so one issued just before the delete must have expired first."""
+    return settings().token_ttl + CLOCK_SKEW
+
+
+def create_namespace(namespace: str, owner: str, *, public: bool = False,
+                     owner_limit: Optional[int] = None) -> NamespaceItem:
+    """Create a namespace owned by `owner` (activation); namespaces are globally unique.
+
+    One transaction, so that no limit is a check-then-write: the name must be free and not
+    deleted within namespace_quarantine(), and with `owner_limit` the owner's count of
+    activated namespaces must stay within it (parallel activations cannot overrun it)."""
     if not oci.is_valid_namespace(namespace):
         raise AccountError(f"invalid namespace {namespace!r}: {NAMESPACE_RULE}")
     _existing_user(owner)
-    item = NamespaceItem(ns_pk(namespace), "ns", owner=owner, created=time.time(), public=public)
+    now = time.time()
+    item = NamespaceItem(ns_pk(namespace), "ns", owner=owner, created=now, public=public,
+                         repositories=0)
+    tx = metadata.Tx()
+    tx.put(("taken",), item, condition=NamespaceItem.pk.does_not_exist())
+    tx.check(("deleted",), NamespaceTombstoneItem, ns_pk(namespace), TOMBSTONE_SK,
+             NamespaceTombstoneItem.deleted_at.does_not_exist()
+             | (NamespaceTombstoneItem.deleted_at < now - namespace_quarantine()))
+    created = UserItem.namespaces_created
+    condition = UserItem.pk.exists()
+    if owner_limit is not None:
+        condition &= created.does_not_exist() | (created < owner_limit)
+    tx.update(("limit",), UserItem(user_pk(owner), "user"), [created.add(1)], condition=condition)
+    _save_membership(tx, namespace, owner, "owner")
     try:
-        with TransactWrite(connection=connection()) as tx:
-            tx.save(item, condition=NamespaceItem.pk.does_not_exist())
-            _save_membership(tx, namespace, owner, "owner")
-    except TransactWriteError as exc:
-        if "ConditionalCheckFailed" in str(exc.cancellation_reasons or exc):
-            raise AccountError(f"namespace {namespace!r} is already taken") from None
-        raise
+        tx.commit()
+    except metadata.TxFailed as failed:
+        raise _activation_refusal(failed, namespace, owner_limit) from None
     return item
 
 
-def _save_membership(tx: TransactWrite, namespace: str, username: str, role: str) -> None:
-    tx.save(MembershipItem(ns_pk(namespace), f"member#{username}", role=role))
-    tx.save(MembershipItem(user_pk(username), f"ns#{namespace}", role=role))
+def _activation_refusal(failed: "metadata.TxFailed", namespace: str,
+                        owner_limit: Optional[int]) -> AccountError:
+    if "taken" in failed.kinds():
+        return AccountError(f"namespace {namespace!r} is already taken")
+    if "deleted" in failed.kinds():
+        return AccountError(f"namespace {namespace!r} was deleted less than "
+                            f"{namespace_quarantine()} s ago; it can be activated again after "
+                            "that")
+    return NamespaceLimit(f"you have activated {owner_limit} namespaces already; the limit is "
+                          f"{owner_limit}")
+
+
+def delete_namespace(item: NamespaceItem) -> None:
+    """Delete a namespace (its repositories must be gone), its memberships and the creator's
+    count, leaving a tombstone that keeps the name unclaimable for namespace_quarantine()."""
+    namespace = item.pk[len("ns#"):]
+    members = list(MembershipItem.query(ns_pk(namespace), MembershipItem.sk.startswith("member#")))
+    try:
+        _delete_namespace_items(namespace, item, members[:45], lower_count=True)
+    except metadata.TxFailed as failed:
+        if failed.kinds() != {"creator"}:
+            raise
+        # activated before namespaces were counted: there is no count to lower
+        _delete_namespace_items(namespace, item, members[:45], lower_count=False)
+    for member in members[45:]:
+        member.delete()
+        MembershipItem(user_pk(member.sk[len("member#"):]), f"ns#{namespace}").delete()
+
+
+def _delete_namespace_items(namespace: str, item: NamespaceItem, members: List[MembershipItem],
+                            lower_count: bool) -> None:
+    now = time.time()
+    tx = metadata.Tx()
+    tx.delete(("namespace",), item)
+    tx.put(("tombstone",), NamespaceTombstoneItem(
+        ns_pk(namespace), TOMBSTONE_SK, deleted_at=now,
+        expires=int(now) + namespace_quarantine() + 3600))
+    if lower_count:
+        created = UserItem.namespaces_created
+        tx.update(("creator",), UserItem(user_pk(item.owner), "user"), [created.add(-1)],
+                  condition=created > 0)
+    for member in members:
+        tx.delete(("member", member.sk), member)
+        tx.delete(("membership", member.sk),
+                  MembershipItem(user_pk(member.sk[len("member#"):]), f"ns#{namespace}"))
+    tx.commit()
+
+
+def _save_membership(tx: "metadata.Tx", namespace: str, username: str, role: str) -> None:
+    tx.put(("member",), MembershipItem(ns_pk(namespace), f"member#{username}", role=role))
+    tx.put(("membership",), MembershipItem(user_pk(username), f"ns#{namespace}", role=role))
 
 
 def add_member(namespace: str, username: str, role: str) -> None:
@@ -253,8 +339,9 @@ def add_member(namespace: str, username: str, role: str) -> None:
     if get_namespace(namespace) is None:
         raise AccountError(f"no namespace {namespace!r}")
     _existing_user(username)
-    with TransactWrite(connection=connection()) as tx:
-        _save_membership(tx, namespace, username, role)
+    tx = metadata.Tx()
+    _save_membership(tx, namespace, username, role)
+    tx.commit()
 
 
 def role_in(username: str, namespace: str) -> Optional[str]:
@@ -280,6 +367,8 @@ def set_repository_public(repository: str, public: bool) -> None:
     """Make one repository public (anonymous pull) or private; it need not be pushed yet."""
     oci.check_name(repository)
     now = time.time()
+    metadata.ensure_repository(repository, RepoItem(REPOS_PK, repository, created=now,
+                                                    updated=now))
     RepoItem(REPOS_PK, repository).update(actions=[
         RepoItem.public.set(public), RepoItem.created.set(RepoItem.created | now),
         RepoItem.updated.set(RepoItem.updated | now)])
@@ -319,7 +408,9 @@ def _token_hash(secret: str) -> str:
 
 
 def _check_access_token(username: str, password: str) -> Optional[FrozenSet[str]]:
-    """The scope of a valid, unrevoked access token given as password; None otherwise."""
+    """The scope of a valid, unrevoked access token given as password; None otherwise. The
+    same reads and comparison whether or not the user exists (user names are not revealed by
+    timing)."""
     body = password[len(TOKEN_PREFIX):]
     token_id, _, secret = body.partition("_")
     if not token_id or not secret or len(token_id) != 16:
@@ -327,6 +418,7 @@ def _check_access_token(username: str, password: str) -> Optional[FrozenSet[str]
     try:
         token = AccessTokenItem.get(user_pk(username), f"token#{token_id}")
     except DoesNotExist:
+        hmac.compare_digest(_NO_TOKEN_HASH, _token_hash(secret))
         return None
     if token.revoked or not hmac.compare_digest(token.secret_hash, _token_hash(secret)):
         return None
@@ -334,29 +426,40 @@ def _check_access_token(username: str, password: str) -> Optional[FrozenSet[str]
     return TOKEN_SCOPES[token.scope]
 
 
-# ---------------------------------------------------------------- login
+_NO_TOKEN_HASH = _token_hash(secrets.token_urlsafe(32))
+
+
+# ---------------------------------------------------------------- login and its throttling
+#
+# Failures slow down their source, never the account: they are counted per address and per
+# (user name, address) pair, in fixed windows, and past a free allowance each further failure
+# makes that source wait twice as long as the last one (1 s, 2 s, 4 s, ... up to the window's
+# end) before its next password is even checked. The victim of a guessing attack, from any other
+# address, still gets in; so does anyone behind the attacker's address who signed in from it
+# before (a "known" pair); an access token (256 random bits: nothing to guess) is checked
+# without any throttling. Nothing here reads whether the user exists.
 
 def authenticate(username: str, password: str, address: Optional[str]) -> Principal:
-    """Check credentials, with throttling per user and per address; AccountError if refused."""
-    keys = [("user", username, USER_FAILURE_LIMIT)]
-    if address:
-        keys.append(("addr", address, ADDRESS_FAILURE_LIMIT))
-    for kind, key, limit in keys:
-        _refuse_if_throttled(kind, key, limit)
+    """Check credentials, with per-source backoff; AccountError (or LoginThrottled) if refused."""
+    if password.startswith(TOKEN_PREFIX):
+        user, scope = get_user(username), _check_access_token(username, password)
+        if user is None or scope is None:
+            _record_failures(_Sources.read(username, address))
+            raise AccountError("incorrect username or password")
+        return _admit(user, username, scope)
+    sources = _Sources.read(username, address)
+    sources.refuse_if_throttled()
     user = get_user(username)
-    scope = None
     if user is None:
         passwords.burn_time_like_a_verification(password)
-        ok = False
-    elif password.startswith(TOKEN_PREFIX):
-        scope = _check_access_token(username, password)
-        ok = scope is not None
-    else:
-        ok = passwords.verify_password_cached(password, user.password_hash)
-    if not ok:
-        for kind, key, _ in keys:
-            _record_failure(kind, key)
+    if user is None or not passwords.verify_password_cached(password, user.password_hash):
+        _record_failures(sources)
         raise AccountError("incorrect username or password")
+    sources.remember_success()
+    return _admit(user, username, None)
+
+
+def _admit(user: UserItem, username: str, scope: Optional[FrozenSet[str]]) -> Principal:
     if user.disabled:
         raise AccountError(f"user {username!r} is disabled")
     return Principal(username, bool(user.admin), scope, session_version(user))
@@ -366,25 +469,71 @@ def _window() -> int:
     return int(time.time()) // THROTTLE_WINDOW
 
 
-def _failure_key(kind: str, key: str) -> str:
-    return f"lock#{kind}#{key}#{_window()}"
+def _backoff(failures: int, free: int) -> float:
+    """Seconds a source waits after its last failure: 0 within its free allowance."""
+    if failures < free:
+        return 0.0
+    return float(min(2 ** min(failures - free, 20), THROTTLE_WINDOW))
 
 
-def _refuse_if_throttled(kind: str, key: str, limit: int) -> None:
-    try:
-        item = LoginFailureItem.get(_failure_key(kind, key), "lock")
-    except DoesNotExist:
-        return
-    if item.failures >= limit:
-        raise LoginThrottled(int((_window() + 1) * THROTTLE_WINDOW - time.time()) + 1)
+KNOWN_FOR = 30 * 24 * 3600      # a (user, address) pair that signed in stays known this long
 
 
-def _record_failure(kind: str, key: str) -> None:
+@dataclass
+class _Sources:
+    """The throttling items of one login attempt, read with one BatchGet: its (user, address)
+    pair's and its address's failures in the current window, and whether the pair is known."""
+    pair: LoginFailureItem
+    address: LoginFailureItem
+    known: LoginFailureItem
+
+    @classmethod
+    def read(cls, username: str, address: Optional[str]) -> "_Sources":
+        window, user, address = _window(), username[:64], address or "-"
+        keys = {"pair": f"lock#pair#{user}#{address}#{window}",
+                "addr": f"lock#addr#{address}#{window}",
+                "known": f"lock#known#{user}#{address}"}
+        found = {item.pk: item for item in LoginFailureItem.batch_get(
+            [(key, "lock") for key in keys.values()])}
+        items = {kind: found.get(key) or LoginFailureItem(key, "lock", failures=0)
+                 for kind, key in keys.items()}
+        return cls(items["pair"], items["addr"], items["known"])
+
+    def is_known(self) -> bool:
+        return bool(self.known.known) and (self.known.expires or 0) > time.time()
+
+    def refuse_if_throttled(self) -> None:
+        waits = [_wait(self.pair, PAIR_FAILURE_FREE)]
+        if not self.is_known():   # signed in from here before: not the stranger being slowed
+            waits.append(_wait(self.address, ADDRESS_FAILURE_FREE))
+        wait = max(waits)
+        if wait > 0:
+            raise LoginThrottled(int(wait) + 1)
+
+    def remember_success(self) -> None:
+        """Forgive the pair's failures; mark it known (a write at most every few weeks)."""
+        now = int(time.time())
+        if self.pair.failures:
+            self.pair.delete()
+        if not self.is_known() or (self.known.expires or 0) < now + KNOWN_FOR // 2:
+            self.known.known = True
+            self.known.expires = now + KNOWN_FOR
+            self.known.save()
+
+
+def _wait(item: LoginFailureItem, free: int) -> float:
+    if not item.failures or item.last_failure is None:
+        return 0.0
+    return float(item.last_failure) + _backoff(int(item.failures), free) - time.time()
+
+
+def _record_failures(sources: _Sources) -> None:
     now = time.time()
-    LoginFailureItem(_failure_key(kind, key), "lock").update(actions=[
-        LoginFailureItem.failures.add(1),
-        LoginFailureItem.first_failure.set(LoginFailureItem.first_failure | now),
-        LoginFailureItem.expires.set(int(now) + 2 * THROTTLE_WINDOW)])
+    for item in (sources.pair, sources.address):
+        LoginFailureItem(item.pk, "lock").update(actions=[
+            LoginFailureItem.failures.add(1), LoginFailureItem.last_failure.set(now),
+            LoginFailureItem.first_failure.set(LoginFailureItem.first_failure | now),
+            LoginFailureItem.expires.set(int(now) + 2 * THROTTLE_WINDOW)])
 
 
 # ---------------------------------------------------------------- permissions

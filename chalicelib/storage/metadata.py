@@ -23,18 +23,19 @@ from functools import lru_cache
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from pynamodb.connection import Connection
-from pynamodb.exceptions import DeleteError, DoesNotExist, TransactWriteError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
+from chalicelib import oci
 from chalicelib.config import settings
 from chalicelib.errors import RegistryError
 from chalicelib.storage import blobstore
 from chalicelib.storage.models import (BLOB_SK, DELETING, DEREF, GC_PK, REPOS_PK, TOUCH,
                                        UPLOADS_PK, BlobItem, BlobLinkItem, GcQueueItem, LinkItem,
-                                       ManifestItem, ReferrerItem, RepoItem, TableModel, TagItem,
-                                       UploadItem, blob_link_sk, blob_pk, gc_blob_sk, gc_untag_sk,
-                                       link_sk, manifest_sk, referrer_prefix, repo_pk, stamp,
-                                       tag_sk)
+                                       ManifestItem, NamespaceItem, ReferrerItem, RepoItem,
+                                       TableModel, TagItem, UploadItem, blob_link_sk, blob_pk,
+                                       gc_blob_sk, gc_untag_sk, link_sk, manifest_sk, ns_pk,
+                                       referrer_prefix, repo_pk, stamp, tag_sk)
 
 _TRANSACTION_MAX = 100
 REFERRER_ANNOTATIONS_MAX = 64 * 1024   # bigger ones stay in the manifest only
@@ -96,6 +97,10 @@ class Tx:
 
     def put(self, label: tuple, model, condition=None) -> None:
         self._ops["put"].append((label, lambda tx: tx.save(model, condition=condition)))
+
+    def check(self, label: tuple, model_class, hash_key: str, range_key: str, condition) -> None:
+        self._ops["check"].append((label, lambda tx: tx.condition_check(
+            model_class, hash_key, range_key, condition=condition)))
 
     def delete(self, label: tuple, model, condition=None) -> None:
         self._ops["delete"].append((label, lambda tx: tx.delete(model, condition=condition)))
@@ -180,10 +185,105 @@ def _queue_touch(tx: Tx, digest: str, touched: float) -> None:
 def link_blob(tx: Tx, repo: str, digest: str, size: int, now: float,
               key: Optional[str] = None) -> None:
     """Make `digest` visible in `repo`: the link (with the blob's S3 key, so a GET reads nothing
-    else) and its reverse item, in the same transaction."""
+    else) and its reverse item, in the same transaction, and the repository's item (so that a
+    repository holding only blobs is listed, and deleting it, or its namespace, cannot miss them)."""
     tx.put(("link", repo), LinkItem(repo_pk(repo), link_sk(digest), size=size, created=now,
                                     key=_stored_key(digest, key)))
     tx.put(("rlink", repo), BlobLinkItem(blob_pk(digest), blob_link_sk(repo), created=now))
+    touch_repository(tx, repo, now, [RepoItem.blob_only.set(RepoItem.blob_only | True)])
+
+
+def touch_repository(tx: Tx, repo: str, now: float, more: Sequence = ()) -> None:
+    """Bump the repository's `updated` (a delete in progress then sees the change)."""
+    tx.update(("repo",), RepoItem(REPOS_PK, repo), [RepoItem.created.set(RepoItem.created | now),
+                                                    RepoItem.updated.set(now), *more])
+
+
+class RepositoryLimit(RegistryError):
+    def __init__(self, namespace: str, limit: int) -> None:
+        super().__init__("DENIED", f"namespace {namespace!r} has {limit} repositories, the "
+                         "limit of this registry (BERTH_REPOS_PER_NAMESPACE): delete one first",
+                         detail={"namespace": namespace, "limit": limit})
+
+
+def ensure_repository(repo: str, created: Optional[RepoItem] = None) -> bool:
+    """Create the repository's item unless it exists, counting it against its namespace's
+    limit in the same transaction (no check-then-write); True if it was created.
+    RepositoryLimit when the namespace is full. `created`: the item to write (a description…)."""
+    if repo_exists(repo):
+        return False
+    namespace = oci.namespace_of(repo)
+    limit = settings().repos_per_namespace
+    now = time.time()
+    tx = Tx()
+    created = created or RepoItem(REPOS_PK, repo, created=now, updated=now, blob_only=True)
+    tx.put(("exists",), created, condition=RepoItem.sk.does_not_exist())
+    count = NamespaceItem.repositories
+    tx.update(("namespace",), NamespaceItem(ns_pk(namespace), "ns"), [count.add(1)],
+              condition=NamespaceItem.owner.exists() & (count.does_not_exist() | (count < limit)))
+    try:
+        tx.commit()
+        return True
+    except TxFailed as failed:
+        if "exists" in failed.kinds():
+            return False
+    try:
+        NamespaceItem.get(ns_pk(namespace), "ns", consistent_read=True)
+    except DoesNotExist:       # no namespace item (an admin's push to a bare name): no count
+        try:
+            created.save(condition=RepoItem.sk.does_not_exist())
+            return True
+        except PutError as exc:
+            if is_condition_failure(exc):
+                return False
+            raise
+    raise RepositoryLimit(namespace, limit)
+
+
+def forget_repository(repo: str, seen_updated: Optional[float], extra: Sequence = ()) -> None:
+    """Delete the repository's item, if nothing was pushed since `seen_updated`, lowering its
+    namespace's count in the same transaction; `extra`: more items to delete with it.
+    TxFailed(("changed",)) if it was pushed to meanwhile."""
+    try:
+        _forget_repository(repo, seen_updated, extra, lower_count=True)
+    except TxFailed as failed:
+        if failed.kinds() != {"namespace"}:
+            raise
+        # a namespace from before repositories were counted, or none at all
+        _forget_repository(repo, seen_updated, extra, lower_count=False)
+
+
+def _forget_repository(repo: str, seen_updated: Optional[float], extra: Sequence,
+                       lower_count: bool) -> None:
+    tx = Tx()
+    tx.delete(("changed",), RepoItem(REPOS_PK, repo),
+              condition=(RepoItem.updated == seen_updated) if seen_updated is not None
+              else RepoItem.sk.exists())
+    for item in extra:
+        tx.delete(("extra",), item)
+    if lower_count:
+        count = NamespaceItem.repositories
+        tx.update(("namespace",), NamespaceItem(ns_pk(oci.namespace_of(repo)), "ns"),
+                  [count.add(-1)], condition=count > 0)
+    tx.commit()
+
+
+def delete_leftovers(repo: str, deadline: float) -> bool:
+    """Remove what a repository's manifests and tags leave behind: blob links (uploaded or
+    mounted blobs no manifest references) and referrer entries. False if out of time."""
+    while True:
+        keys = [item.sk for item in LinkItem.query(
+            repo_pk(repo), limit=100, attributes_to_get=["pk", "sk"], consistent_read=True)
+            if item.sk.startswith(("blob#", "ref#"))]
+        if not keys:
+            return True
+        for sk in keys:
+            if sk.startswith("blob#"):
+                remove_link(repo, sk[len("blob#"):])
+            else:
+                _delete_existing(ReferrerItem(repo_pk(repo), sk))
+            if time.monotonic() > deadline:
+                return False
 
 
 def _stored_key(digest: str, key: Optional[str]) -> Optional[str]:
@@ -455,8 +555,7 @@ def _tag_and_companions(tx: Tx, repo: str, record: ManifestRecord, tag: Optional
             artifact_type=record.artifact_type,
             annotations=(record.annotations or None) if small else None,
             annotations_in_manifest=None if small else True))
-    tx.update(("repo",), RepoItem(REPOS_PK, repo), [RepoItem.created.set(RepoItem.created | now),
-                                                    RepoItem.updated.set(now)])
+    touch_repository(tx, repo, now, [RepoItem.blob_only.remove()])
 
 
 def _take_ref(tx: Tx, kind: str, repo: str, digest: str) -> None:
@@ -664,6 +763,15 @@ def repo_exists(repo: str) -> bool:
     try:
         RepoItem.get(REPOS_PK, repo, attributes_to_get=["pk"])
         return True
+    except DoesNotExist:
+        return False
+
+
+def repo_has_content(repo: str) -> bool:
+    """Whether the repository exists for its tag list: a manifest was pushed, or it was
+    created explicitly (console), not only blobs uploaded."""
+    try:
+        return not RepoItem.get(REPOS_PK, repo, attributes_to_get=["pk", "blob_only"]).blob_only
     except DoesNotExist:
         return False
 

@@ -125,6 +125,9 @@ class RepoItem(_Base):
     created = NumberAttribute()
     updated = NumberAttribute()
     public = BooleanAttribute(null=True)    # anonymous pull allowed (see also NamespaceItem)
+    # True while only blobs were pushed (no manifest yet): the repository exists, so deleting
+    # it or its namespace finds them, but its tag list is NAME_UNKNOWN, as distribution's is
+    blob_only = BooleanAttribute(null=True)
 
 
 class TagItem(_Base):
@@ -208,7 +211,8 @@ class UploadItem(_Base):
 #  user#<name>        token#<id>           AccessTokenItem
 #  ns#<namespace>     ns                   NamespaceItem
 #  ns#<namespace>     member#<user>        MembershipItem (the namespace's view)
-#  lock#<kind>#<key>  lock                 LoginFailureItem (brute-force throttling; TTL)
+#  ns#<namespace>     deleted              NamespaceTombstoneItem (a deleted namespace; TTL)
+#  lock#<kind>#<key>  lock                 LoginFailureItem (login backoff per source; TTL)
 
 def user_pk(name: str) -> str:
     return f"user#{name}"
@@ -233,6 +237,9 @@ class UserItem(_Base):
     # Console sessions carry the version they were opened under; sign-out and a password change
     # raise it, which ends every console session of the user (chalicelib/api/manage/core.py).
     session_version = NumberAttribute(null=True)
+    # namespaces this user activated and still has: the per-user limit, kept by conditional
+    # writes in the activation and deletion transactions
+    namespaces_created = NumberAttribute(null=True)
 
 
 class InviteItem(_Base):
@@ -248,6 +255,19 @@ class NamespaceItem(_Base):
     owner = UnicodeAttribute()
     created = NumberAttribute()
     public = BooleanAttribute(default=False)
+    # RepoItems of this namespace: the per-namespace limit, kept by conditional writes in the
+    # transactions that create and delete a RepoItem
+    repositories = NumberAttribute(null=True)
+
+
+TOMBSTONE_SK = "deleted"
+
+
+class NamespaceTombstoneItem(_Base):
+    """Left by a namespace delete: nobody may activate the name again while a registry token
+    issued for it may still be valid (tokens are checked without a database read)."""
+    deleted_at = NumberAttribute()
+    expires = NumberAttribute()      # DynamoDB TTL attribute
 
 
 class MembershipItem(_Base):
@@ -265,5 +285,7 @@ class AccessTokenItem(_Base):
 
 class LoginFailureItem(_Base):
     failures = NumberAttribute(default=0)
-    first_failure = NumberAttribute()
-    expires = NumberAttribute()      # DynamoDB TTL attribute: the item cleans itself up
+    first_failure = NumberAttribute(null=True)
+    last_failure = NumberAttribute(null=True)   # the backoff runs from here
+    known = BooleanAttribute(null=True)         # pair: this user signed in from this address
+    expires = NumberAttribute(null=True)        # DynamoDB TTL attribute: it cleans itself up

@@ -14,7 +14,7 @@ _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 def _unknown(request: Request):
-    known = [r for r in _api_routes() if r.pattern.match(request.path)]
+    known = [r for r in _api_routes() if r.pattern.fullmatch(request.path)]
     if known:
         return ApiError(405, "METHOD_NOT_ALLOWED",
                         f"{request.method} is not supported here; use "

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from chalice import Response
 
+from chalicelib import jsondoc
 from chalicelib.api import access
 from chalicelib.api.router import API, Request, route
 from chalicelib.auth import accounts, tokens
@@ -150,9 +151,9 @@ def json_body(request: Request) -> dict:
     if not raw.strip():
         return {}
     try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise bad("the request body is not valid JSON", code="INVALID_JSON") from None
+        doc = jsondoc.loads(raw)
+    except jsondoc.InvalidJSON as exc:
+        raise bad(f"the request body is {exc}", code="INVALID_JSON") from None
     if not isinstance(doc, dict):
         raise bad("the request body must be a JSON object", code="INVALID_JSON")
     return doc

@@ -4,17 +4,16 @@ from __future__ import annotations
 from typing import List, Optional
 
 from pynamodb.exceptions import DoesNotExist
-from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
 from chalicelib.api.manage.core import (Caller, bad, bool_field, conflict, cursor_arg, endpoint,
                                         forbidden, json_body, limit_arg, not_found, text_field)
 from chalicelib.api.router import Request
 from chalicelib.auth import accounts
-from chalicelib.storage import metadata, stats
+from chalicelib.storage import stats
 from chalicelib.storage.models import MembershipItem, NamespaceItem, UserItem, ns_pk, user_pk
 
-NAMESPACES_PER_USER = 5      # namespaces a non-admin user may own
+NAMESPACES_PER_USER = 5      # namespaces a non-admin user may activate
 
 
 def _time(value) -> Optional[float]:
@@ -141,15 +140,13 @@ def create_namespace(request: Request, caller: Caller) -> dict:
     public = bool_field(doc, "public") or False
     if not oci.is_valid_namespace(name):
         raise bad(accounts.NAMESPACE_RULE, "name", code="NAME_INVALID")
-    if not caller.admin:
-        owned = [n for n in _my_namespaces(caller) if n["role"] == "owner"]
-        if len(owned) >= NAMESPACES_PER_USER:
-            raise forbidden(f"you own {len(owned)} namespaces already; the limit is "
-                            f"{NAMESPACES_PER_USER}", "name")
     if accounts.get_namespace(name) is not None:
         raise conflict(f"namespace {name!r} is already taken", "name", code="ALREADY_EXISTS")
     try:
-        item = accounts.create_namespace(name, caller.username, public=public)
+        item = accounts.create_namespace(name, caller.username, public=public,
+                                         owner_limit=None if caller.admin else NAMESPACES_PER_USER)
+    except accounts.NamespaceLimit as exc:
+        raise forbidden(str(exc), "name") from None
     except accounts.AccountError as exc:
         raise conflict(str(exc), "name", code="ALREADY_EXISTS") from None
     return {"name": name, "role": "owner", "owner": caller.username, "public": public,
@@ -170,15 +167,7 @@ def delete_namespace(request: Request, caller: Caller) -> dict:
     if repos:
         raise conflict(f"namespace {name!r} still has repositories (e.g. {repos[0].sk}): "
                        "delete them first", "namespace", code="NOT_EMPTY")
-    members = list(MembershipItem.query(ns_pk(name), MembershipItem.sk.startswith("member#")))
-    with TransactWrite(connection=metadata.connection()) as tx:
-        tx.delete(item)
-        for member in members[:49]:
-            tx.delete(member)
-            tx.delete(MembershipItem(user_pk(member.sk[len("member#"):]), f"ns#{name}"))
-    for member in members[49:]:
-        member.delete()
-        MembershipItem(user_pk(member.sk[len("member#"):]), f"ns#{name}").delete()
+    accounts.delete_namespace(item)
     return {"name": name, "deleted": True}
 
 

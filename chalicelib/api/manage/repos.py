@@ -13,8 +13,7 @@ from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
-from pynamodb.exceptions import DoesNotExist, TransactWriteError
-from pynamodb.transactions import TransactWrite
+from pynamodb.exceptions import DoesNotExist
 
 from chalicelib import oci
 from chalicelib.api.manage.core import (DELETE, PULL, PUSH, Caller, ApiError, bad, conflict,
@@ -207,15 +206,13 @@ def create_repository(request: Request, caller: Caller) -> dict:
     now = time.time()
     repo = RepoItem(REPOS_PK, name, created=now, updated=now, public=visibility == "public")
     try:
-        with TransactWrite(connection=metadata.connection()) as tx:
-            tx.save(repo, condition=RepoItem.sk.does_not_exist())
-            tx.save(RepoMetaItem(meta_pk(name), META_SK, description=description, updated=now,
-                                 updated_by=caller.username))
-    except TransactWriteError as exc:
-        if "ConditionalCheckFailed" in str(getattr(exc, "cancellation_reasons", None) or exc):
-            raise conflict(f"repository {name!r} already exists", "name",
-                           code="ALREADY_EXISTS") from None
-        raise
+        created = metadata.ensure_repository(name, created=repo)
+    except metadata.RepositoryLimit as exc:
+        raise conflict(exc.message, "name", code="LIMIT_REACHED") from None
+    if not created:
+        raise conflict(f"repository {name!r} already exists", "name", code="ALREADY_EXISTS")
+    RepoMetaItem(meta_pk(name), META_SK, description=description, updated=now,
+                 updated_by=caller.username).save()
     meta = RepoMetaItem(meta_pk(name), META_SK, description=description)
     ns_public, role = _namespace_public(namespace), caller.role_in(namespace)
     return repository_json(request, repo, meta, stats.RepoStats(), ns_public, role,
@@ -286,15 +283,15 @@ def delete_repository(request: Request, caller: Caller):
     for tag in TagItem.query(repo_pk(name), TagItem.sk.startswith("tag#"),
                              attributes_to_get=["pk", "sk"], consistent_read=True):
         metadata.delete_tag(name, tag.sk[4:])      # a tag of a manifest that was not there
+    # uploaded or mounted blobs no manifest referenced, referrer entries: whoever owns the name
+    # next must start empty
+    if not metadata.delete_leftovers(name, started + DELETE_BUDGET):
+        return _delete_answer(name, deleted_tags, deleted_manifests, complete=False)
     try:
-        with TransactWrite(connection=metadata.connection()) as tx:
-            tx.delete(RepoItem(REPOS_PK, name), condition=RepoItem.updated == seen_updated)
-            tx.delete(RepoMetaItem(meta_pk(name), META_SK))
-    except TransactWriteError as exc:
-        if "ConditionalCheckFailed" in str(getattr(exc, "cancellation_reasons", None) or exc):
-            raise conflict(f"{name!r} was pushed to while it was being deleted: what was "
-                           "pushed stays", "repository") from None
-        raise
+        metadata.forget_repository(name, seen_updated, [RepoMetaItem(meta_pk(name), META_SK)])
+    except metadata.TxFailed:
+        raise conflict(f"{name!r} was pushed to while it was being deleted: what was "
+                       "pushed stays", "repository") from None
     return _delete_answer(name, deleted_tags, deleted_manifests, complete=True)
 
 
