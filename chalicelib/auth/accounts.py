@@ -124,9 +124,19 @@ def create_invite(admin: str, now: Optional[float] = None) -> Tuple[str, float]:
 def count_signup_attempt(address: Optional[str]) -> None:
     """Bound self-service sign-ups per address (each costs a password hash and creates an
     account): LoginThrottled past SIGNUP_ADDRESS_LIMIT attempts in one window."""
-    if address:
-        _refuse_if_throttled("signup", address, SIGNUP_ADDRESS_LIMIT)
-        _record_failure("signup", address)
+    if not address:
+        return
+    from pynamodb.exceptions import UpdateError
+    now = time.time()
+    count = LoginFailureItem.failures
+    try:
+        LoginFailureItem(f"lock#signup#{address}#{_window()}", "lock").update(
+            actions=[count.add(1), LoginFailureItem.expires.set(int(now) + 2 * THROTTLE_WINDOW)],
+            condition=count.does_not_exist() | (count < SIGNUP_ADDRESS_LIMIT))
+    except UpdateError as exc:
+        if not metadata.is_condition_failure(exc):
+            raise
+        raise LoginThrottled(THROTTLE_WINDOW - int(now) % THROTTLE_WINDOW) from None
 
 
 def sign_up(username: str, password: str, namespace: str, invite: Optional[str] = None,
@@ -144,31 +154,34 @@ def sign_up(username: str, password: str, namespace: str, invite: Optional[str] 
     now = time.time()
     item = NamespaceItem(ns_pk(namespace), "ns", owner=username, created=now, public=False,
                          repositories=0)
+    tx = metadata.Tx()
+    tx.put(("user",), user, condition=UserItem.pk.does_not_exist())
+    tx.put(("index",), UserIndexItem(USERS_PK, username))
+    tx.put(("namespace",), item, condition=NamespaceItem.pk.does_not_exist())
+    # a namespace deleted within namespace_quarantine() cannot be taken yet (its old registry
+    # tokens may still be valid)
+    tx.check(("deleted",), NamespaceTombstoneItem, ns_pk(namespace), TOMBSTONE_SK,
+             NamespaceTombstoneItem.deleted_at.does_not_exist()
+             | (NamespaceTombstoneItem.deleted_at < now - namespace_quarantine()))
+    _save_membership(tx, namespace, username, "owner")
+    if invite is not None:
+        tx.update(("invite",), InviteItem(f"invite#{_token_hash(invite)}", "invite"),
+                  [InviteItem.used_by.set(username)],
+                  condition=InviteItem.pk.exists() & InviteItem.used_by.does_not_exist()
+                  & (InviteItem.expires > int(time.time())))
     try:
-        with TransactWrite(connection=connection()) as tx:
-            _save_user(tx, user)
-            tx.save(item, condition=NamespaceItem.pk.does_not_exist())
-            # a namespace deleted within namespace_quarantine() cannot be taken yet (its old
-            # registry tokens may still be valid)
-            tx.condition_check(NamespaceTombstoneItem, ns_pk(namespace), TOMBSTONE_SK,
-                               condition=NamespaceTombstoneItem.deleted_at.does_not_exist()
-                               | (NamespaceTombstoneItem.deleted_at < now - namespace_quarantine()))
-            _save_membership(tx, namespace, username, "owner")
-            if invite is not None:
-                tx.update(InviteItem(f"invite#{_token_hash(invite)}", "invite"),
-                          actions=[InviteItem.used_by.set(username)],
-                          condition=InviteItem.pk.exists() & InviteItem.used_by.does_not_exist()
-                          & (InviteItem.expires > int(time.time())))
-    except TransactWriteError as exc:
-        reasons = [getattr(r, "code", None) for r in (exc.cancellation_reasons or [])]
-        if "ConditionalCheckFailed" in reasons[:1]:
+        tx.commit()
+    except metadata.TxFailed as failed:
+        kinds = failed.kinds()
+        if "user" in kinds:
             raise AccountError(f"user name {username!r} is already taken") from None
-        if "ConditionalCheckFailed" in reasons[2:3]:
+        if "namespace" in kinds:
             raise AccountError(f"namespace {namespace!r} is already taken") from None
-        if "ConditionalCheckFailed" in reasons[3:4]:
+        if "deleted" in kinds:
             raise AccountError(f"namespace {namespace!r} was deleted moments ago; it can be "
-                               f"activated again in {namespace_quarantine() // 60 + 1} minutes") from None
-        if reasons[-1:] == ["ConditionalCheckFailed"] and invite is not None:
+                               f"activated again in {namespace_quarantine() // 60 + 1} "
+                               "minutes") from None
+        if "invite" in kinds:
             raise AccountError("this invitation is not valid: unknown, used or expired") from None
         raise
     return user
