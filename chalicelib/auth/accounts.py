@@ -14,6 +14,7 @@ from pynamodb.transactions import TransactWrite
 from chalicelib import oci
 from chalicelib.auth import passwords
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
+from chalicelib.storage import mirrors
 from chalicelib.storage.metadata import connection
 from chalicelib.storage.models import (REPOS_PK, USERS_PK, AccessTokenItem, LoginFailureItem,
                                        MembershipItem, NamespaceItem, RepoItem, UserIndexItem,
@@ -322,10 +323,15 @@ def permitted_actions(principal: Optional[Principal], repository: str) -> Frozen
             allowed = allowed & principal.token_scope
     if PULL not in allowed and is_public(repository):
         allowed = allowed | {PULL}
+    if mirrors.rule_for(repository) is not None:   # a mirror is read-only (api/access.py)
+        allowed = allowed & {PULL}
     return allowed
 
 
 def is_public(repository: str) -> bool:
+    rule = mirrors.rule_for(repository)
+    if rule is not None and rule.public:
+        return True
     namespace = get_namespace(oci.namespace_of(repository))
     if namespace is not None and namespace.public:
         return True
