@@ -363,7 +363,8 @@ class Upstream:
         answer.close()
         if answer.status in (302, 303, 307, 308):
             location = urljoin(answer.url + "/", answer.headers.get("location", ""))
-            return location if location.startswith("https://") or allow_loopback() else None
+            check_url(location, trusted_host="")   # the same rules as for Berth's own requests
+            return location
         if answer.status == 200 and not answer.authorized:
             return f"{self.base}/v2/{repository}/blobs/{digest}"
         return None
