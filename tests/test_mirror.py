@@ -168,3 +168,105 @@ def test_an_upstream_redirecting_to_the_metadata_address_is_refused(berth, upstr
     add_rule(berth, "metadata", "http://169.254.169.254", "--public")
     r = anonymous(berth, "GET", "metadata/x/manifests/latest")
     assert r.status_code == 403 and "169.254.169.254" in r.json()["errors"][0]["message"]
+
+
+UP_USER, UP_PASSWORD = "upuser", "upstream-user-s3cret"
+
+
+def test_a_private_repository_of_another_berth_through_a_rule_with_credentials(
+        berth, tmp_path_factory, image_cache, tmp_path):
+    """The upstream is a second Berth: token auth like Docker Hub's, and its blob GET answers 307
+    to its own S3 (moto), which Berth follows without sending any credential."""
+    img = build_image(image_cache / "private-up", layers=[300 * KiB, 10 * KiB], seed="private-up")
+    with started_make_run(tmp_path_factory) as other:
+        other.berth("user", "add", UP_USER, "--password-stdin", stdin=UP_PASSWORD)
+        other.berth("namespace", "add", "private", "--owner", UP_USER)
+        skopeo_copy(img.oci_ref, f"docker://{other.host}/private/app:1",
+                    creds=f"{UP_USER}:{UP_PASSWORD}")
+        r = anonymous(other, "GET", "private/app/manifests/1")
+        assert r.status_code == 401                  # private upstream: anonymous refused
+
+        add_rule(berth, "corp", other.url, "--upstream-prefix", "private/", "--private",
+                 "--credentials-stdin", stdin=f"{UP_USER}:{UP_PASSWORD}")
+        ref = f"docker://{berth.host}/corp/app:1"
+        pulled = skopeo_copy(ref, f"oci:{tmp_path / 'pulled'}:1", creds="runadmin:run-admin-password")
+        assert pulled.digest == img.manifest_digest
+        assert layout_digests(tmp_path / "pulled", "1")["layer_digests"] == img.layer_digests
+        # A private rule: anonymous clients get nothing.
+        assert anonymous(berth, "GET", "corp/app/manifests/1").status_code == 401
+
+    # The upstream credentials are in the state folder (owner-only file), never in the table,
+    # the rule listing or the log.
+    stored = berth.state_dir / "mirror-credentials" / "corp.json"
+    assert stored.stat().st_mode & 0o077 == 0 and UP_PASSWORD in stored.read_text()
+    assert UP_PASSWORD not in berth.berth("mirror", "list").stdout
+    assert UP_PASSWORD not in berth.log.read_text()
+    import boto3
+    import json as _json
+    endpoint = _json.loads((berth.state_dir / "local.json").read_text())["aws_endpoint"]
+    table = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    items = table.scan(TableName="berth")["Items"]
+    assert items and UP_PASSWORD not in _json.dumps(items, default=repr)
+    assert any(i["pk"]["S"] == "_mirrors" and i["sk"]["S"] == "corp" for i in items)
+
+
+# ---------------------------------------------------------------- the deployed path (aws mode)
+
+DIRECT_LIMIT = 6 * MiB
+
+
+@pytest.fixture(scope="module")
+def aws_berth(tmp_path_factory):
+    """`BERTH_GATEWAY=aws make run`: blobs over BERTH_MIRROR_SYNC_COPY_MAX (here Lambda's 6 MB)
+    are copied in the background while clients are sent to the upstream."""
+    with started_make_run(tmp_path_factory, BERTH_GATEWAY="aws", BERTH_MIRROR_ALLOW_LOOPBACK="1",
+                          BERTH_MIRROR_SYNC_COPY_MAX=str(DIRECT_LIMIT)) as run:
+        yield run
+
+
+def _moto_endpoint(run) -> str:
+    import json as _json
+    return _json.loads((run.state_dir / "local.json").read_text())["aws_endpoint"]
+
+
+def test_a_blob_over_the_direct_limit_pulls_under_aws_mode_and_lands_in_s3(
+        aws_berth, upstream, image_cache, tmp_path):
+    img = build_image(image_cache / "mirror-big", layers=[12 * MiB, 10 * KiB], seed="mirror-big")
+    skopeo_copy(img.oci_ref, f"docker://{upstream.netloc}/library/big:1")
+    add_rule(aws_berth, "library", upstream.url, "--upstream-prefix", "library/", "--public")
+    ref = f"docker://{aws_berth.host}/library/big:1"
+    big = img.layer_digests[0]
+
+    first = skopeo_copy(ref, f"oci:{tmp_path / 'first'}:1")
+    assert first.digest == img.manifest_digest
+    assert layout_digests(tmp_path / "first", "1")["layer_digests"] == img.layer_digests
+
+    deadline = time.monotonic() + 60     # the background copy: then the 307 goes to S3
+    while True:
+        r = anonymous(aws_berth, "GET", f"library/big/blobs/{big}")
+        assert r.status_code == 307, r.text
+        if r.headers["Location"].startswith(_moto_endpoint(aws_berth)):
+            break
+        assert r.headers["Location"].startswith(upstream.url)    # meanwhile: the upstream
+        assert time.monotonic() < deadline, "the copy into S3 never finished"
+        time.sleep(0.5)
+    upstream.stop()
+    second = skopeo_copy(ref, f"oci:{tmp_path / 'second'}:1")
+    assert second.digest == img.manifest_digest
+    assert layout_digests(tmp_path / "second", "1")["layer_digests"] == img.layer_digests
+
+
+def test_docker_with_registry_mirrors_pulls_short_names_through_the_library_rule(
+        aws_berth, upstream, image_cache, tmp_path_factory):
+    from tests.support.dockerd import DockerEngine
+    img = build_image(image_cache / "alpine-like", layers=[1 * MiB, 10 * KiB], seed="alpine-3")
+    skopeo_copy(img.oci_ref, f"docker://{upstream.netloc}/library/alpine:3")
+    add_rule(aws_berth, "library", upstream.url, "--upstream-prefix", "library/", "--public")
+    engine = DockerEngine(tmp_path_factory.mktemp("dockerd-mirror"),
+                          registry_mirrors=[aws_berth.url]).start()
+    try:
+        engine.docker("pull", "alpine:3")
+        assert engine.repo_digest("alpine:3").endswith(img.manifest_digest)
+        assert engine.image_id("alpine:3") == img.config_digest
+    finally:
+        engine.stop()
