@@ -270,3 +270,22 @@ def test_docker_with_registry_mirrors_pulls_short_names_through_the_library_rule
         assert engine.image_id("alpine:3") == img.config_digest
     finally:
         engine.stop()
+
+
+def test_concurrent_misses_on_one_blob_copy_it_once(berth, upstream, image_cache):
+    img = build_image(image_cache / "herd", layers=[3 * MiB], seed="herd")
+    skopeo_copy(img.oci_ref, f"docker://{upstream.netloc}/library/herd:1")
+    layer = img.layer_digests[0]
+    with UpstreamGate(upstream.url) as gate:
+        add_rule(berth, "herd", gate.url, "--upstream-prefix", "library/", "--public")
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: anonymous(berth, "GET", f"herd/herd/blobs/{layer}"),
+                                    range(8)))
+        assert [a.status_code for a in answers] == [307] * 8, [a.text for a in answers]
+        s3 = _moto_endpoint(berth)
+        assert all(a.headers["Location"].startswith(s3) for a in answers)
+        assert requests.get(answers[0].headers["Location"]).content == \
+            img.blob_path(layer).read_bytes()
+        gets = [p for m, p in gate.requests if m == "GET" and p.endswith(f"/blobs/{layer}")]
+        assert len(gets) == 1, gate.requests
