@@ -160,6 +160,7 @@ class Policy:
     grace: float = DEFAULT_GRACE
     untagged_max_age: Optional[float] = None     # None: untagged manifests are kept
     upload_max_age: float = DEFAULT_UPLOAD_MAX_AGE
+    mirror_max_idle: Optional[float] = 30 * 86400.0   # None: cached images are never evicted
 
     @classmethod
     def from_env(cls) -> "Policy":
@@ -167,7 +168,8 @@ class Policy:
             return parse_duration(os.environ.get(name) or default, allow_never)
         return cls(grace=env("BERTH_GC_GRACE", "1h"),
                    untagged_max_age=env("BERTH_GC_UNTAGGED_MAX_AGE", "never", True),
-                   upload_max_age=env("BERTH_GC_UPLOAD_MAX_AGE", "24h"))
+                   upload_max_age=env("BERTH_GC_UPLOAD_MAX_AGE", "24h"),
+                   mirror_max_idle=env("BERTH_MIRROR_MAX_IDLE", "30d", True))
 
 
 @dataclass
@@ -183,6 +185,7 @@ class Report:
     manifests_deleted: int = 0
     sessions_deleted: int = 0
     orphans_deleted: int = 0      # S3 objects of uploads that died before recording them
+    mirror_repositories_evicted: int = 0   # cached images not pulled for BERTH_MIRROR_MAX_IDLE
     events_read: int = 0          # GC queue items looked at
     blobs_in_use: int = 0         # events about blobs found referenced or within grace
     blobs_busy: int = 0           # claimed by another sweep, or our lease ran out: next run
@@ -293,6 +296,8 @@ def sweep(*, now: Optional[float] = None, grace: Optional[float] = None,
             _sweep_sessions(report, now - policy.upload_max_age, dry_run, deadline)
             if policy.untagged_max_age is not None:
                 _sweep_untagged(report, now - policy.untagged_max_age, dry_run, deadline)
+            if env.mirror_max_idle is not None:     # before the blobs: its derefs are due now
+                _sweep_mirrors(report, now - env.mirror_max_idle, dry_run, deadline)
             _sweep_blobs(report, now, now - policy.grace, dry_run, deadline)
         except _OutOfTime:
             report.complete = False
@@ -304,6 +309,20 @@ def sweep(*, now: Optional[float] = None, grace: Optional[float] = None,
     report.dynamodb_read_units = round(counts["read_units"], 2)
     report.dynamodb_write_units = round(counts["write_units"], 2)
     return report
+
+
+def _sweep_mirrors(report: Report, cutoff: float, dry_run: bool,
+                   deadline: Optional[float]) -> None:
+    """Evict mirrored repositories nobody pulled from since `cutoff` (storage/mirrors.py); the
+    blob phase below then frees the blobs that nothing else references. Cost: one Query page per
+    100 cached repositories and one GetItem per repository, per sweep."""
+    from chalicelib.storage import mirrors
+    for rule in mirrors.list_rules():
+        for repository in mirrors.idle_repositories(rule.namespace, cutoff):
+            _check_time(deadline)
+            report.mirror_repositories_evicted += 1
+            if not dry_run:
+                report.manifests_deleted += mirrors.evict_repository(repository)
 
 
 def _check_time(deadline: Optional[float]) -> None:
@@ -663,6 +682,10 @@ def audit() -> Dict[str, list]:
     tags = [(t.pk[5:], t.sk[4:], t.digest) for t in TagItem.scan(
         TagItem.pk.startswith("repo#") & TagItem.sk.startswith("tag#"), consistent_read=True)]
     refs: Dict[str, int] = {}
+    from chalicelib.storage.mirrors import HOLD_PREFIX, MirrorHoldItem
+    for hold in MirrorHoldItem.scan(MirrorHoldItem.sk.startswith(HOLD_PREFIX),
+                                    consistent_read=True):   # a mirror's reference on a blob
+        refs[hold.sk[len(HOLD_PREFIX):]] = refs.get(hold.sk[len(HOLD_PREFIX):], 0) + 1
     parents: Dict[Tuple[str, str], int] = {}
     for (repo, digest), item in manifests.items():
         for blob in metadata.manifest_refs(digest, item):

@@ -109,6 +109,7 @@ def manifest_digest(request: Request, rule: Rule, tag: Optional[str],
                     digest: Optional[str]) -> str:
     """The digest to serve for a manifest GET/HEAD in a mirrored repository (cached on the way)."""
     name = request.name
+    mirrors.note_pull(name)
     if digest is not None:
         if metadata.get_manifest(name, digest) is not None:
             return digest

@@ -5,6 +5,7 @@
   _mirrors           ~seeded            the default rules were written once (removing one sticks)
   _mirror_copy       <digest>           CopyClaimItem   (one copy of a blob from upstream at a time)
   repo#<name>        mirror#<digest>    MirrorHoldItem  (the cache's own reference on a blob)
+  repo#<name>        mirror             MirrorRepoItem  (when a client last pulled from it)
 
 A cached blob is an ordinary content-addressed blob (BlobItem, LinkItem, S3 object). The cache
 holds it with one reference per (repository, blob) (BlobItem.refs + 1, like a manifest item), so
@@ -61,6 +62,14 @@ class CopyClaimItem(_Base):
 class MirrorHoldItem(_Base):
     created = NumberAttribute()
     pulled = NumberAttribute(null=True)
+
+
+class MirrorRepoItem(_Base):
+    pulled = NumberAttribute()
+
+
+REPO_SK = "mirror"
+PULL_RESOLUTION = 3600.0    # "last pulled" is written at most once an hour per repository
 
 
 @dataclass(frozen=True)
@@ -302,3 +311,67 @@ def hold_blob(repository: str, digest: str) -> None:
         tx.commit()
     except TxFailed:
         pass    # held already; or the blob is being collected: the next pull copies it again
+
+
+# ---------------------------------------------------------------- eviction (garbage collection)
+
+def note_pull(repository: str) -> None:
+    """Record that a client pulled from a mirrored repository: one conditional write that only
+    succeeds once per PULL_RESOLUTION (eviction counts idle days, not seconds)."""
+    from pynamodb.exceptions import UpdateError
+    now = time.time()
+    try:
+        MirrorRepoItem(repo_pk(repository), REPO_SK).update(
+            actions=[MirrorRepoItem.pulled.set(now)],
+            condition=MirrorRepoItem.pulled.does_not_exist()
+            | (MirrorRepoItem.pulled < now - PULL_RESOLUTION))
+    except UpdateError:
+        pass
+
+
+def last_pulled(repository: str) -> Optional[float]:
+    try:
+        return float(MirrorRepoItem.get(repo_pk(repository), REPO_SK).pulled)
+    except DoesNotExist:
+        return None
+
+
+def idle_repositories(namespace: str, cutoff: float):
+    """Mirrored repositories of `namespace` nobody pulled from since `cutoff`."""
+    from chalicelib.storage import stats
+    after = None
+    while True:
+        page, after = stats.repository_page(namespace + "/", 100, after)
+        for repo in page:
+            pulled = last_pulled(repo.sk)
+            if (pulled if pulled is not None else float(repo.updated or 0)) < cutoff:
+                yield repo.sk
+        if after is None:
+            return
+
+
+def evict_repository(repository: str) -> int:
+    """Drop a mirrored repository from the cache: its manifests and tags, its links, and the
+    cache's holds on its blobs (refs - 1 and a `deref` GC event each: the sweep then frees the
+    blobs no other manifest, pushed or cached, references). Returns the manifests deleted."""
+    from chalicelib.storage import metadata
+    from chalicelib.storage.models import (REPOS_PK, ManifestItem, RepoItem, manifest_sk)
+    deleted = 0
+    for item in ManifestItem.query(repo_pk(repository), ManifestItem.sk.startswith("manifest#"),
+                                   attributes_to_get=["pk", "sk"]):
+        if metadata.delete_manifest(repository, item.sk[len(manifest_sk("")):]):
+            deleted += 1
+    for hold in MirrorHoldItem.query(repo_pk(repository),
+                                     MirrorHoldItem.sk.startswith(HOLD_PREFIX)):
+        digest = hold.sk[len(HOLD_PREFIX):]
+        metadata.remove_link(repository, digest)
+        tx = metadata.Tx()
+        tx.delete(("hold", repository), hold, condition=MirrorHoldItem.sk.exists())
+        metadata._unref(tx, digest, time.time())
+        try:
+            tx.commit()
+        except metadata.TxFailed:
+            pass    # released concurrently
+    MirrorRepoItem(repo_pk(repository), REPO_SK).delete()
+    RepoItem(REPOS_PK, repository).delete()
+    return deleted
