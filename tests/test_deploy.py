@@ -106,7 +106,7 @@ def sam_transform(template: dict, monkeypatch, parameters: Optional[dict] = None
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     doc = json.loads(json.dumps({k: v for k, v in template.items() if k != "__file__"}))
     # what `aws cloudformation package` does to the local package path
-    for function in ("APIHandler", "Gc"):
+    for function in ("APIHandler", "Gc", "MirrorCopy"):
         doc["Resources"][function]["Properties"]["CodeUri"] = "s3://artifacts/deployment.zip"
     return transform(doc, parameters or {}, NoManagedPolicies())
 
@@ -413,7 +413,9 @@ DYNAMODB_ACTIONS = {op: {f"dynamodb:{op}"} for op in (
 TRANSACT_ITEM_ACTIONS = {"Put": "dynamodb:PutItem", "Update": "dynamodb:UpdateItem",
                          "Delete": "dynamodb:DeleteItem", "ConditionCheck": "dynamodb:ConditionCheckItem",
                          "Get": "dynamodb:GetItem"}
-SSM_ACTIONS = {"GetParameter": {"ssm:GetParameter"}, "GetParameters": {"ssm:GetParameters"}}
+SSM_ACTIONS = {"GetParameter": {"ssm:GetParameter"}, "GetParameters": {"ssm:GetParameters"},
+               "PutParameter": {"ssm:PutParameter"}, "DeleteParameter": {"ssm:DeleteParameter"}}
+LAMBDA_ACTIONS = {"Invoke": {"lambda:InvokeFunction"}}   # mirror copies (chalicelib/api/mirror.py)
 # What the Lambda service does with the function's role to write its logs.
 LAMBDA_LOGS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
@@ -422,7 +424,8 @@ def iam_actions(service: str, operation: str, params: Optional[dict] = None) -> 
     if service == "dynamodb" and operation in ("TransactWriteItems", "TransactGetItems"):
         return {TRANSACT_ITEM_ACTIONS[kind] for item in (params or {}).get("TransactItems", [])
                 for kind in item}
-    table = {"s3": S3_ACTIONS, "dynamodb": DYNAMODB_ACTIONS, "ssm": SSM_ACTIONS}[service]
+    table = {"s3": S3_ACTIONS, "dynamodb": DYNAMODB_ACTIONS, "ssm": SSM_ACTIONS,
+             "lambda": LAMBDA_ACTIONS}[service]
     assert operation in table, f"{service}:{operation} has no IAM mapping in this test; add it"
     return table[operation]
 
@@ -563,7 +566,8 @@ def policy_file(stage: str) -> dict:
 def test_iam_policy_grants_exactly_what_the_code_calls(stage, recorded):
     static = static_boto3_calls()
     static_services = {s for s, _ in static}
-    assert static_services <= {"s3", "ssm"}, f"a new AWS service is called: {static_services}"
+    assert static_services <= {"s3", "ssm", "lambda"}, \
+        f"a new AWS service is called: {static_services}"
     # What ran must be what the static scan found (else the scan misses a call path).
     for service in ("s3", "ssm"):
         missed = recorded.ops(service) - {op for s, op in static if s == service}
@@ -591,13 +595,19 @@ def test_iam_policy_names_only_this_stages_resources(stage, packaged, recorded):
     table_arn = f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{env['BERTH_TABLE']}"
     bucket_arn = f"arn:{PARTITION}:s3:::{env['BERTH_BUCKET']}"
     function = resolve.ref("APIHandler")
+    mirror_credentials = (f"arn:{PARTITION}:ssm:{REGION}:{ACCOUNT}:parameter"
+                          f"{env['BERTH_MIRROR_CREDENTIALS_PARAM']}*")
     expected = {
         "dynamodb": {table_arn},    # no index: the table has none
         "s3": {bucket_arn + "/*"},
         "s3:ListBucket": {bucket_arn},
-        "ssm": {f"arn:{PARTITION}:ssm:{REGION}:{ACCOUNT}:parameter{env['BERTH_TOKEN_KEY_PARAM']}"},
+        "ssm": {f"arn:{PARTITION}:ssm:{REGION}:{ACCOUNT}:parameter{env['BERTH_TOKEN_KEY_PARAM']}",
+                mirror_credentials},
+        "ssm:PutParameter": {mirror_credentials}, "ssm:DeleteParameter": {mirror_credentials},
+        "lambda": {f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT}:function:"
+                   f"{env['BERTH_MIRROR_COPY_FUNCTION']}"},
         "logs": {f"arn:{PARTITION}:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{name}:*"
-                 for name in (function, resolve.ref("Gc"))},
+                 for name in (function, resolve.ref("Gc"), resolve.ref("MirrorCopy"))},
     }
     assert resolve.ref("ApiLogGroup") == f"/aws/lambda/{function}"
     assert resolve.ref("GcLogGroup") == f"/aws/lambda/{resolve.ref('Gc')}"

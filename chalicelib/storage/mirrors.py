@@ -221,7 +221,8 @@ def _ssm():
     import boto3
     from chalicelib.config import settings
     cfg = settings()
-    return boto3.client("ssm", region_name=cfg.region, endpoint_url=cfg.endpoint)
+    ssm = boto3.client("ssm", region_name=cfg.region, endpoint_url=cfg.endpoint)
+    return ssm
 
 
 def save_credentials(namespace: str, credentials: Tuple[str, str]) -> None:
