@@ -21,6 +21,7 @@ Keys (models.py)
   _gc             touch#<ms>#<digest>          the blob was uploaded or mounted at <ms>
   _gc             deref#<ms>#<digest>          a manifest item referencing it was deleted
   _gc             untag#<ms>#<repo>#<digest>   the manifest may have become untagged
+  _gc             mirror#<ms>#<repo>           a mirrored repository was pulled (at most hourly)
 
 Reference counts
 ----------------
@@ -101,8 +102,10 @@ crash in between leaves a claimed item that the next sweep finishes. Found with 
 
 Costs and limits
 ----------------
-A sweep with nothing due makes 3 Queries (4 with the untagged policy) that return no item
-(bench/gc_bench.py: 3 requests, 1.5 read units, on a registry of 10,000 manifests). The `_gc`
+A sweep with nothing due makes 4 Queries (5 with the untagged policy; the fourth is mirror
+eviction's `mirror` events) that return no item
+(bench/gc_bench.py, measured before mirror eviction: 3 requests, 1.5 read units, on a registry
+of 10,000 manifests). The `_gc`
 partition receives one write per upload, mount, manifest delete and tag move: a single
 partition sustains 1,000 writes/s. `untag` events are written whether the policy is on or not
 (turned on, it then finds the manifests untagged before); with it off they accumulate, about
@@ -129,10 +132,10 @@ from pynamodb.exceptions import PutError, UpdateError
 from chalicelib import uploads
 from chalicelib.storage import blobstore, metadata
 from chalicelib.storage.metadata import Tx, TxFailed, get_blob, is_condition_failure
-from chalicelib.storage.models import (BLOB_LINK_PREFIX, BLOB_SK, DELETING, DEREF, GC_PK, TOUCH,
-                                       UNTAG, UPLOADS_PK, BlobItem, BlobLinkItem, GcQueueItem,
+from chalicelib.storage.models import (BLOB_LINK_PREFIX, BLOB_SK, DELETING, DEREF, GC_PK, MIRROR,
+                                       TOUCH, UNTAG, UPLOADS_PK, BlobItem, BlobLinkItem, GcQueueItem,
                                        LinkItem, TagItem, UploadItem, blob_link_sk, blob_pk,
-                                       gc_upto, link_sk, repo_pk, stamp)
+                                       gc_upto, link_sk, millis, repo_pk, stamp)
 
 log = logging.getLogger("berth.gc")
 
@@ -313,16 +316,28 @@ def sweep(*, now: Optional[float] = None, grace: Optional[float] = None,
 
 def _sweep_mirrors(report: Report, cutoff: float, dry_run: bool,
                    deadline: Optional[float]) -> None:
-    """Evict mirrored repositories nobody pulled from since `cutoff` (storage/mirrors.py); the
-    blob phase below then frees the blobs that nothing else references. Cost: one Query page per
-    100 cached repositories and one GetItem per repository, per sweep."""
+    """Evict mirrored repositories nobody pulled from since `cutoff` (storage/mirrors.py): a
+    `mirror` event is written whenever "last pulled" moves (at most hourly), with that time, so a
+    due event whose repository was not pulled again since means idle. The blob phase below then
+    frees the blobs that nothing else references (their `deref` events are due at once)."""
     from chalicelib.storage import mirrors
-    for rule in mirrors.list_rules():
-        for repository in mirrors.idle_repositories(rule.namespace, cutoff):
+    drops = _Drops()
+    try:
+        for event in _events(MIRROR, cutoff):
             _check_time(deadline)
+            report.events_read += 1
+            _, when, repository = event.sk.split("#", 2)
+            pulled = mirrors.last_pulled(repository)
+            if pulled is not None and millis(pulled) > int(when):
+                drops.add(event.sk)          # pulled again since: a later event covers it
+                continue
             report.mirror_repositories_evicted += 1
             if not dry_run:
                 report.manifests_deleted += mirrors.evict_repository(repository)
+                drops.add(event.sk)
+    finally:
+        if not dry_run:
+            drops.flush()
 
 
 def _check_time(deadline: Optional[float]) -> None:

@@ -318,37 +318,28 @@ def hold_blob(repository: str, digest: str) -> None:
 
 def note_pull(repository: str) -> None:
     """Record that a client pulled from a mirrored repository: one conditional write that only
-    succeeds once per PULL_RESOLUTION (eviction counts idle days, not seconds)."""
+    succeeds once per PULL_RESOLUTION (eviction counts idle days, not seconds), and then a GC
+    queue event with the same time, which the sweep looks at once BERTH_MIRROR_MAX_IDLE has
+    passed (so an idle sweep pays one Query for eviction, whatever the cache's size)."""
     from pynamodb.exceptions import UpdateError
-    now = time.time()
+    from chalicelib.storage.models import GC_PK, MIRROR, GcQueueItem, queue_time, stamp
+    now = stamp(time.time())
     try:
         MirrorRepoItem(repo_pk(repository), REPO_SK).update(
             actions=[MirrorRepoItem.pulled.set(now)],
             condition=MirrorRepoItem.pulled.does_not_exist()
             | (MirrorRepoItem.pulled < now - PULL_RESOLUTION))
     except UpdateError:
-        pass
+        return
+    GcQueueItem(GC_PK, f"{MIRROR}#{queue_time(now)}#{repository}").save()
 
 
 def last_pulled(repository: str) -> Optional[float]:
     try:
-        return float(MirrorRepoItem.get(repo_pk(repository), REPO_SK).pulled)
+        return float(MirrorRepoItem.get(repo_pk(repository), REPO_SK,
+                                        consistent_read=True).pulled)
     except DoesNotExist:
         return None
-
-
-def idle_repositories(namespace: str, cutoff: float):
-    """Mirrored repositories of `namespace` nobody pulled from since `cutoff`."""
-    from chalicelib.storage import stats
-    after = None
-    while True:
-        page, after = stats.repository_page(namespace + "/", 100, after)
-        for repo in page:
-            pulled = last_pulled(repo.sk)
-            if (pulled if pulled is not None else float(repo.updated or 0)) < cutoff:
-                yield repo.sk
-        if after is None:
-            return
 
 
 def evict_repository(repository: str) -> int:
