@@ -316,6 +316,9 @@ def hold_blob(repository: str, digest: str) -> None:
 
 # ---------------------------------------------------------------- eviction (garbage collection)
 
+_noted: Dict[str, float] = {}
+
+
 def note_pull(repository: str) -> None:
     """Record that a client pulled from a mirrored repository: one conditional write that only
     succeeds once per PULL_RESOLUTION (eviction counts idle days, not seconds), and then a GC
@@ -324,6 +327,9 @@ def note_pull(repository: str) -> None:
     from pynamodb.exceptions import UpdateError
     from chalicelib.storage.models import GC_PK, MIRROR, GcQueueItem, queue_time, stamp
     now = stamp(time.time())
+    if _noted.get(repository, 0.0) > now - PULL_RESOLUTION:
+        return      # this process saw it recorded within the hour: no write at all
+    _noted[repository] = now
     try:
         MirrorRepoItem(repo_pk(repository), REPO_SK).update(
             actions=[MirrorRepoItem.pulled.set(now)],
