@@ -270,6 +270,12 @@ def test_docker_with_registry_mirrors_pulls_short_names_through_the_library_rule
         assert engine.image_id("alpine:3") == img.config_digest
     finally:
         engine.stop()
+    # It came through Berth (there is no Docker Hub here): Berth has it cached, upstream or not.
+    upstream.stop()
+    assert served_digest(aws_berth, "library/alpine", "3") == img.manifest_digest
+    layer = anonymous(aws_berth, "GET", f"library/alpine/blobs/{img.layer_digests[0]}")
+    assert layer.status_code == 307 and layer.headers["Location"].startswith(
+        _moto_endpoint(aws_berth))
 
 
 def test_concurrent_misses_on_one_blob_copy_it_once(berth, upstream, image_cache):
