@@ -295,3 +295,31 @@ def test_concurrent_misses_on_one_blob_copy_it_once(berth, upstream, image_cache
             img.blob_path(layer).read_bytes()
         gets = [p for m, p in gate.requests if m == "GET" and p.endswith(f"/blobs/{layer}")]
         assert len(gets) == 1, gate.requests
+
+
+def test_a_big_blob_of_a_credentialed_upstream_is_copied_never_handed_out(
+        aws_berth, tmp_path_factory, image_cache, tmp_path):
+    """Over the direct limit and behind credentials: nothing derived from Berth's credentials
+    (the upstream's presigned URL, a token) reaches the client; the request waits for the
+    background copy and answers with Berth's own S3."""
+    img = build_image(image_cache / "private-big", layers=[12 * MiB], seed="private-big")
+    with started_make_run(tmp_path_factory) as other:
+        other.berth("user", "add", UP_USER, "--password-stdin", stdin=UP_PASSWORD)
+        other.berth("namespace", "add", "private", "--owner", UP_USER)
+        skopeo_copy(img.oci_ref, f"docker://{other.host}/private/big:1",
+                    creds=f"{UP_USER}:{UP_PASSWORD}")
+        add_rule(aws_berth, "corpbig", other.url, "--upstream-prefix", "private/", "--private",
+                 "--credentials-stdin", stdin=f"{UP_USER}:{UP_PASSWORD}")
+        token = requests.get(f"{aws_berth.url}/v2/_berth/token",
+                             auth=("runadmin", "run-admin-password"),
+                             params={"service": "berth",
+                                     "scope": "repository:corpbig/big:pull"}).json()["token"]
+        r = requests.get(f"{aws_berth.url}/v2/corpbig/big/blobs/{img.layer_digests[0]}",
+                         headers={"Authorization": f"Bearer {token}"}, allow_redirects=False)
+        assert r.status_code == 307, r.text
+        assert r.headers["Location"].startswith(_moto_endpoint(aws_berth))   # Berth's S3 only
+        assert requests.get(r.headers["Location"]).content == \
+            img.blob_path(img.layer_digests[0]).read_bytes()
+        pulled = skopeo_copy(f"docker://{aws_berth.host}/corpbig/big:1",
+                             f"oci:{tmp_path / 'pulled'}:1", creds="runadmin:run-admin-password")
+        assert pulled.digest == img.manifest_digest
