@@ -86,7 +86,10 @@ def _store_manifest(repository: str, digest: str, media_type: str, body: bytes,
                     tag: Optional[str]) -> None:
     """Cache a manifest. It takes no references on blobs not copied yet (a cache's blobs are held
     by mirrors.hold_blob instead), so no blob has to exist first."""
-    record = manifests.parse(body, media_type, digest)
+    # A generic Content-Type (application/json, some upstreams) says nothing: the body's
+    # mediaType decides, as it would for a push.
+    record = manifests.parse(body, media_type if media_type in oci.MANIFEST_TYPES else None,
+                             digest)
     record.blobs, record.children = [], []
     metadata.put_manifest(repository, record, tag)
 
