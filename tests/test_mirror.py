@@ -7,6 +7,7 @@ BERTH_MIRROR_ALLOW_LOOPBACK=1 (the upstreams are on 127.0.0.1 over plain http).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -173,16 +174,23 @@ def test_an_upstream_redirecting_to_the_metadata_address_is_refused(berth, upstr
 UP_USER, UP_PASSWORD = "upuser", "upstream-user-s3cret"
 
 
+@contextlib.contextmanager
+def private_upstream(tmp_path_factory, img, repository: str):
+    """A second Berth (`make run`) holding `img` in a private repository of UP_USER."""
+    with started_make_run(tmp_path_factory) as other:
+        other.berth("user", "add", UP_USER, "--password-stdin", stdin=UP_PASSWORD)
+        other.berth("namespace", "add", repository.split("/")[0], "--owner", UP_USER)
+        skopeo_copy(img.oci_ref, f"docker://{other.host}/{repository}",
+                    creds=f"{UP_USER}:{UP_PASSWORD}")
+        yield other
+
+
 def test_a_private_repository_of_another_berth_through_a_rule_with_credentials(
         berth, tmp_path_factory, image_cache, tmp_path):
     """The upstream is a second Berth: token auth like Docker Hub's, and its blob GET answers 307
     to its own S3 (moto), which Berth follows without sending any credential."""
     img = build_image(image_cache / "private-up", layers=[300 * KiB, 10 * KiB], seed="private-up")
-    with started_make_run(tmp_path_factory) as other:
-        other.berth("user", "add", UP_USER, "--password-stdin", stdin=UP_PASSWORD)
-        other.berth("namespace", "add", "private", "--owner", UP_USER)
-        skopeo_copy(img.oci_ref, f"docker://{other.host}/private/app:1",
-                    creds=f"{UP_USER}:{UP_PASSWORD}")
+    with private_upstream(tmp_path_factory, img, "private/app:1") as other:
         r = anonymous(other, "GET", "private/app/manifests/1")
         assert r.status_code == 401                  # private upstream: anonymous refused
 
@@ -303,11 +311,7 @@ def test_a_big_blob_of_a_credentialed_upstream_is_copied_never_handed_out(
     (the upstream's presigned URL, a token) reaches the client; the request waits for the
     background copy and answers with Berth's own S3."""
     img = build_image(image_cache / "private-big", layers=[12 * MiB], seed="private-big")
-    with started_make_run(tmp_path_factory) as other:
-        other.berth("user", "add", UP_USER, "--password-stdin", stdin=UP_PASSWORD)
-        other.berth("namespace", "add", "private", "--owner", UP_USER)
-        skopeo_copy(img.oci_ref, f"docker://{other.host}/private/big:1",
-                    creds=f"{UP_USER}:{UP_PASSWORD}")
+    with private_upstream(tmp_path_factory, img, "private/big:1") as other:
         add_rule(aws_berth, "corpbig", other.url, "--upstream-prefix", "private/", "--private",
                  "--credentials-stdin", stdin=f"{UP_USER}:{UP_PASSWORD}")
         token = requests.get(f"{aws_berth.url}/v2/_berth/token",
