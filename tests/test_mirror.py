@@ -15,7 +15,7 @@ import requests
 
 from chalicelib.storage.mirrors import RULES_CACHE_SECONDS
 from tests.conftest import started_make_run
-from tests.support.clients import Podman, layout_digests, skopeo_copy
+from tests.support.clients import ClientError, Podman, layout_digests, skopeo_copy
 from tests.support.images import build_image, build_index
 from tests.support.refregistry import RefRegistry
 from tests.support.upstream_gate import METADATA_REDIRECT, RATE_LIMITED, UpstreamGate
@@ -117,6 +117,10 @@ def test_first_pull_through_berth_then_the_upstream_stops_and_berth_still_serves
     r = requests.post(f"{berth.url}/v2/library/demo/blobs/uploads/",
                       headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 403 and "mirror" in r.json()["errors"][0]["message"]
+    with pytest.raises(ClientError) as refused:       # what a pushing user sees
+        skopeo_copy(idx.oci_ref,
+                    f"docker://{ref}-mine", creds="runadmin:run-admin-password")
+    assert "mirror of" in refused.value.stderr
 
 
 def test_a_moved_tag_is_served_after_the_ttl_and_the_cached_one_before(berth, upstream,

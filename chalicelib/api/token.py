@@ -20,6 +20,7 @@ from chalicelib.auth import accounts, tokens
 from chalicelib.auth.scopes import API, PUSH, Scope, parse_scope
 from chalicelib.config import settings
 from chalicelib.errors import RegistryError
+from chalicelib.storage import mirrors
 
 
 def _basic_credentials(request: Request) -> Optional[Tuple[str, str]]:
@@ -71,7 +72,8 @@ def _grant(principal, requested: List[Scope]) -> List[Scope]:
             continue
         if not oci.is_valid_name(scope.name):
             continue
-        if principal is not None and principal.admin and PUSH in scope.actions:
+        if (principal is not None and principal.admin and PUSH in scope.actions
+                and mirrors.rule_for(scope.name) is None):    # a mirror takes no pushes
             _create_namespace_for_admin(principal.username, scope.name)
         allowed = scope.actions & accounts.permitted_actions(principal, scope.name)
         if allowed:
