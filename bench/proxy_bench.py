@@ -19,20 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.processes import Processes, free_port, start_berth, vm_hwm_mib, wait_http  # noqa: E402
 from tests.support.clients import skopeo_copy, skopeo_version  # noqa: E402
 from tests.support.images import build_image  # noqa: E402
 
@@ -40,74 +36,6 @@ MiB = 1 << 20
 ADMIN = ("admin", "bench-admin-password")
 LIMIT = 6291456
 TARGET = 0.7
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args} exited:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except urllib.error.HTTPError:     # 401 without a token: it is up
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"no answer from {url}:\n{log.read_text()[-3000:]}")
-
-
-def vm_hwm_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
-
-
-class Processes:
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, name: str, cmd: list[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
-        log = self.logdir / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.procs.append(proc)
-        return proc, log
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def start_berth(procs: Processes, name: str, max_body: int | None) -> str:
-    port = free_port()
-    env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
-               BERTH_ADMIN_USER=ADMIN[0], BERTH_ADMIN_PASSWORD=ADMIN[1],
-               BERTH_STATE_DIR=tempfile.mkdtemp(prefix="berth-bench-state-"))
-    for var in ("BERTH_AWS_ENDPOINT", "BERTH_MAX_BODY_BYTES", "BERTH_MOTO_PORT"):
-        env.pop(var, None)
-    if max_body:
-        env["BERTH_MAX_BODY_BYTES"] = str(max_body)
-    proc, log = procs.start(name, [sys.executable, "-m", "berth_local.run"], env)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/v2/", proc, log)
-    return url
 
 
 def start_proxy(procs: Processes, upstream: str, chunk_size: str) -> tuple[str, subprocess.Popen]:
@@ -137,8 +65,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     procs = Processes(Path(tempfile.mkdtemp(prefix="berth-proxy-bench-")))
     try:
-        direct = start_berth(procs, "berth-direct", None)
-        limited = start_berth(procs, "berth-lambda", LIMIT)
+        direct = start_berth(procs, "berth-direct", ADMIN)[0]
+        limited = start_berth(procs, "berth-lambda", ADMIN, max_body=LIMIT)[0]
         proxy_host, proxy_proc = start_proxy(procs, limited, args.chunk_size)
         direct_host = direct.split("://", 1)[1]
         # one warm-up push each (imports, connections, S3 bucket), not counted

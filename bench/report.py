@@ -22,7 +22,7 @@ def main() -> None:
     lines = ["# Benchmark: Berth (local mode) vs docker-registry 2.8 (S3 on moto)", "",
              f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
              f"{platform.python_implementation()} {platform.python_version()}; "
-             f"regbench reps={berth['meta'].get('reps')}. Seconds are medians; ratio = Berth / "
+             f"bench/compare.py reps={berth['meta'].get('reps')}. Seconds are medians; ratio = Berth / "
              "docker-registry (lower is better).", "",
              "| image | phase | Berth s | docker-registry s | ratio | target |",
              "|---|---|---:|---:|---:|---|"]

@@ -55,6 +55,20 @@ def _json(payload) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
+# The front door's authorizer, as API Gateway runs it (berth_local/gateway.py Gateway._authorize):
+# https://docs.aws.amazon.com/apigateway/latest/developerguide/apigateway-use-lambda-authorizer.html
+#   a TOKEN authorizer's identity source is a header; a request without it, or whose value does
+#   not match identityValidationExpression, gets 401 without the function being called; the
+#   answer is cached per token for the authorizer's TTL.
+# https://docs.aws.amazon.com/apigateway/latest/developerguide/api-gateway-lambda-authorizer-output.html
+#   the function returns a principalId and an IAM policy (Allow/Deny execute-api:Invoke on the
+#   method ARN) and a context passed to the integration as requestContext.authorizer; the error
+#   "Unauthorized" is a 401, a Deny a 403, any other failure a 500.
+# https://docs.aws.amazon.com/apigateway/latest/developerguide/supported-gateway-response-types.html
+#   UNAUTHORIZED (401), ACCESS_DENIED (403), AUTHORIZER_FAILURE (500): the Gateway Responses.
+# https://docs.aws.amazon.com/apigateway/latest/developerguide/set-up-lambda-proxy-integrations.html
+#   a function that fails (an unhandled error, or a response not in the proxy format) is a 502.
+
 # What API Gateway answers by itself (bodies as reported by its users; the 413 cannot be
 # customised: "Customizing the default gateway response for 413 REQUEST_TOO_LARGE isn't
 # currently supported", api-gateway-known-issues.html).

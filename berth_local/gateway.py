@@ -1,8 +1,8 @@
 """A local API Gateway (REST API, Lambda proxy integration) in front of a Chalice app, as WSGI.
 
 Why not `chalice local`: it loses chunked request bodies (what podman sends), writes bodies on
-HEAD, matches `{proxy+}` as one segment and emulates no size limit (see field-notes.md). This
-module builds the same v1 proxy event API Gateway would, calls `chalice_app(event, context)`
+HEAD, matches `{proxy+}` as one segment and emulates no size limit (docs/client-behaviour.md).
+This module builds the same v1 proxy event API Gateway would, calls `chalice_app(event, context)`
 exactly as Lambda does, and turns the returned dict back into an HTTP response.
 
 Modes:
@@ -89,6 +89,7 @@ def make_wsgi_app(
     front_door: bool = True,
     public_url: str | None = None,
     integration_timeout: float = aws_rules.INTEGRATION_TIMEOUT_SECONDS,
+    fleet: Any = None,
 ) -> "Gateway":
     """Wrap a Chalice app as a WSGI callable that behaves like API Gateway + Lambda.
 
@@ -100,7 +101,9 @@ def make_wsgi_app(
     `front_door`, `public_url` (the realm of the Gateway Response's challenge; else taken from
     the request's Host) and `integration_timeout` belong to it. `max_body_bytes` refuses bodies
     over that size in either mode and, in local mode, mangles non-binary bodies as API Gateway
-    would; `piece_bytes` is the largest body one event carries in convenience mode.
+    would; `piece_bytes` is the largest body one event carries in convenience mode. With a
+    `fleet` (berth_local/fleet.py) every invocation runs in one of its worker processes instead
+    of in this one, as on a fleet of Lambda instances.
     The app's `current_request`/`lambda_context` are made thread-local, because a WSGI server
     calls the one shared app object from many threads at once while Lambda never does.
     """
@@ -113,7 +116,7 @@ def make_wsgi_app(
     make_request_state_thread_local(chalice_app)
     return Gateway(chalice_app, mode=mode, max_body_bytes=max_body_bytes, piece_bytes=piece_bytes,
                    stage=stage, front_door=front_door, public_url=public_url,
-                   integration_timeout=integration_timeout)
+                   integration_timeout=integration_timeout, fleet=fleet)
 
 
 # --------------------------------------------------------------------------------------------
@@ -843,7 +846,8 @@ class Gateway:
     def __init__(self, chalice_app: Any, *, mode: str = "local", max_body_bytes: Optional[int],
                  piece_bytes: int, stage: str, front_door: bool = True,
                  public_url: Optional[str] = None,
-                 integration_timeout: float = aws_rules.INTEGRATION_TIMEOUT_SECONDS) -> None:
+                 integration_timeout: float = aws_rules.INTEGRATION_TIMEOUT_SECONDS,
+                 fleet: Any = None) -> None:
         self.app = chalice_app
         self.mode = mode
         self.max_body_bytes = max_body_bytes
@@ -852,6 +856,7 @@ class Gateway:
         self.front_door = front_door
         self.public_url = public_url
         self.integration_timeout = integration_timeout
+        self.fleet = fleet
         self._authorizers = AuthorizerCache()
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -964,7 +969,8 @@ class Gateway:
         method_arn = (f"arn:aws:execute-api:local:123456789012:local/{self.stage}/{call.method}"
                       f"{strip_stage(call.raw_path, self.stage) or '/'}")
         ttl = getattr(authorizer.config, "ttl_seconds", None) or 0
-        outcome = self._authorizers.get_or_run(token, ttl, lambda: _run_authorizer(authorizer, token, method_arn))
+        event = {"type": "TOKEN", "authorizationToken": token, "methodArn": method_arn}
+        outcome = self._authorizers.get_or_run(token, ttl, lambda: self._run_authorizer(authorizer, event))
         if outcome == "Unauthorized":
             return self._gateway_response("UNAUTHORIZED", call)
         if not isinstance(outcome, dict):
@@ -975,6 +981,20 @@ class Gateway:
         context["principalId"] = outcome.get("principalId")
         return context
 
+    def _run_authorizer(self, authorizer: Any, event: dict[str, Any]) -> Any:
+        """Invoke a TOKEN authorizer: its policy dict, "Unauthorized", or None on failure (API
+        Gateway: the error message "Unauthorized" is a 401, any other failure a 500)."""
+        try:
+            if self.fleet is not None:
+                return self.fleet.invoke(event, handler=authorizer.config.handler_string,
+                                         timeout=self.integration_timeout)
+            return authorizer(event, make_context(getattr(authorizer, "name", "authorizer")))
+        except Exception as exc:
+            if str(exc) == "Unauthorized":
+                return "Unauthorized"
+            log.exception("authorizer failed")
+            return None
+
     def _gateway_response(self, kind: str, call: Call) -> GatewayResponse:
         from chalicelib import frontdoor
         from chalicelib.config import settings
@@ -983,6 +1003,7 @@ class Gateway:
             public_url = f"http://{_last_header(call.headers, 'host') or 'localhost'}"
         spec = frontdoor.GATEWAY_RESPONSES[kind]
         headers = frontdoor.gateway_response_headers(kind, public_url, settings().service)
+        headers["Content-Type"] = frontdoor.GATEWAY_RESPONSE_MEDIA_TYPE
         error_type = "UnauthorizedException" if kind == "UNAUTHORIZED" else "AccessDeniedException"
         headers[aws_rules.ERROR_TYPE_HEADER] = error_type
         return GatewayResponse(spec["status"], tuple(headers.items()), spec["body"].encode())
@@ -1037,8 +1058,15 @@ class Gateway:
         return response
 
     def _run_app(self, event: dict[str, Any]) -> Any:
-        """Call the app as Lambda does; in aws mode give up after the integration timeout (the
-        invocation runs on, as a Lambda does after API Gateway stopped waiting)."""
+        """Call the app as Lambda does (in this process, or on a fleet instance); in aws mode
+        give up after the integration timeout (the invocation runs on, as a Lambda does after
+        API Gateway stopped waiting)."""
+        if self.fleet is not None:
+            from berth_local.fleet import InvocationTimeout
+            try:
+                return self.fleet.invoke(event, timeout=self.integration_timeout if self.as_aws else None)
+            except InvocationTimeout:
+                raise IntegrationTimeout() from None
         context = make_context(getattr(self.app, "app_name", "berth"))
 
         def call() -> Any:
@@ -1098,18 +1126,6 @@ def api_gateway_answer(answer: tuple[int, bytes], error_type: Optional[str] = No
 
 def _json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
-
-
-def _run_authorizer(authorizer: Any, token: str, method_arn: str) -> Any:
-    """Invoke a TOKEN authorizer function; its policy dict, "Unauthorized", or None on failure."""
-    event = {"type": "TOKEN", "authorizationToken": token, "methodArn": method_arn}
-    try:
-        return authorizer(event, make_context(getattr(authorizer, "name", "authorizer")))
-    except Exception as exc:   # API Gateway: the message "Unauthorized" is a 401, the rest 500
-        if str(exc) == "Unauthorized":
-            return "Unauthorized"
-        log.exception("authorizer failed")
-        return None
 
 
 def _policy_allows(policy: Any, method_arn: str) -> bool:

@@ -3,17 +3,40 @@
 docker, podman and skopeo send a whole layer in ONE request (a PATCH with Content-Length, or
 `Transfer-Encoding: chunked` from podman, or a monolithic POST/PUT with `?digest=`), and never
 retry smaller; API Gateway + Lambda refuse request bodies over 6 MB (about 4.4 MB of binary after
-base64). This proxy runs on the user's machine, is pushed to as `localhost:5001/<name>` (plain
-HTTP, which docker allows for localhost), and forwards everything to the real registry:
+base64). This proxy runs on the user's machine, is pushed to as `127.0.0.1:5001/<name>` (plain
+HTTP, which docker allows for 127.0.0.0/8), and forwards everything to the real registry:
 
 * a whole-layer upload body is cut into chunked-upload PATCHes (`Content-Range: start-end`) of
   at most `--chunk-size` bytes, read from the client socket one piece at a time (bounded memory:
   one piece per upload in flight), each following the `Location` of the previous 202;
-* every other request (and every body of at most one piece) is passed through unchanged, auth
-  included: a 401 with `WWW-Authenticate` goes back as is (the token realm is an absolute URL of
-  the registry's auth service, which the client calls directly); redirects are never followed
-  (a 307 to S3 on a blob GET goes back to the client); absolute `Location`s pointing at the
-  upstream are made relative, so that clients stay on the proxy.
+* every upload body it forwards, cut or whole, goes as `Content-Type: application/octet-stream`:
+  dockerd sends none, and API Gateway passes a body whose type is not a binary media type to
+  Lambda as text, which mangles it (a deployment with the front door's `*/*` would not, but the
+  proxy must not depend on it);
+* every other request (and every body of at most one piece) is passed through unchanged;
+  redirects are never followed (a 307 to S3 on a blob GET goes back to the client); absolute
+  `Location`s pointing at the upstream are made relative, so that clients stay on the proxy.
+
+Authentication. docker keys its logins by the host of the image reference, so a push to
+`127.0.0.1:5001/...` would need a second `docker login` for the proxy's address. Instead, a
+request that comes WITHOUT Authorization is authenticated by the proxy itself with the
+credentials docker stores for the upstream (berth_local/dockercreds.py: config.json `auths` and
+credential helpers, as skopeo and crane read them): it learns the upstream's challenge from the
+401 of `GET /v2/`, asks the realm for a token with the scope the request needs (pull to read,
+pull,push to upload, delete to delete, on the repository of the path; pull on the source of a
+cross-repository mount: least privilege, and an admin's pull through the proxy never creates a
+namespace on Berth, whose token endpoint creates one for an admin's push scope), caches it per
+scope until shortly before it expires, and adds it to every request it sends upstream (each
+piece of a long upload gets a current one; a 401 to one of them is retried once with a new
+token). The
+client then never sees a challenge: `GET /v2/` answers 200 and docker sends no credentials at
+all. Why here rather than by rewriting the challenge so that docker would ask the proxy: docker
+would still look up credentials for the proxy's host, not the upstream's. A request that carries
+its own Authorization (a client logged in to the proxy's address) is forwarded unchanged, and
+with no stored login the upstream's 401 reaches the client as before. The credentials go only to
+the realm the upstream names (never to a plain-http one for an https upstream) and are never
+logged. The proxy listens on 127.0.0.1 by default: any local process can push through it as the
+user, as any local process of the user can read docker's own credential store.
 
 The server is the standard library's ThreadingHTTPServer speaking HTTP/1.1 with keep-alive
 (chunked request bodies are de-chunked here), rather than waitress, which spools a whole body
@@ -38,11 +61,13 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable, Iterator, Optional, TextIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from berth_local.bodies import PieceReader
+from berth_local.dockercreds import RegistryAuth, ScopedAuth, docker_config_dir, find_credentials, scopes_for
 from berth_local.gateway import split_query
 from berth_local.serve import PLAIN_HTTP_ANSWER_TO_TLS, TLS_HANDSHAKE_RECORD
 from berth_local.cli import CliError, command
@@ -63,6 +88,7 @@ CLIENT_TIMEOUT = 900.0          # idle keep-alive connections from clients
 DRAIN_SECONDS = 30.0            # after an upstream error, read the rest of a body this long at most
 COPY_BYTES = 1 * MIB            # response bodies are relayed in pieces of this size
 MAX_IDLE_CONNECTIONS = 16
+OCTET_STREAM = "application/octet-stream"
 TRACKED_UPLOADS = 4096
 
 UPLOAD_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<id>[^/]*)$")
@@ -205,7 +231,7 @@ def parse_upstream(url: str) -> Upstream:
         raise ValueError(f"{url!r}: the scheme must be http or https, not {parts.scheme!r}")
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{url!r}: credentials do not belong in the URL; "
-                         "log in through the proxy (docker login localhost:PORT) instead")
+                         f"run `docker login {parts.hostname}` instead (the proxy uses that login)")
     if not parts.hostname:
         raise ValueError(f"{url!r} has no host name")
     try:
@@ -305,14 +331,34 @@ class UpstreamClient:
 
     def open(self, method: str, target: str, headers: Headers,
              body: "bytes | memoryview | Iterable[bytes] | None" = None,
-             *, chunked: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+             *, chunked: bool = False,
+             auth: Optional[ScopedAuth] = None
+             ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send one request; return the connection and the response (body not yet read).
 
-        `headers` are sent as given (plus Host); the caller sets Content-Length or, with
-        `chunked`, an iterable body is sent with Transfer-Encoding: chunked. A request with an
-        in-memory body on a reused connection the upstream closed meanwhile is sent again once.
+        `headers` are sent as given (plus Host, and the Authorization of `auth` when given); the
+        caller sets Content-Length or, with `chunked`, an iterable body is sent with
+        Transfer-Encoding: chunked. A request with an in-memory body is sent again once on a
+        reused connection the upstream closed meanwhile, and once with a new token when the
+        upstream answers 401 to the proxy's own Authorization (a token revoked or expired early).
         """
-        retryable = body is None or isinstance(body, (bytes, bytearray, memoryview))
+        authorization = auth.header() if auth is not None else None
+        conn, response = self._send(method, target, _authorized(headers, authorization), body, chunked)
+        if authorization and response.status == 401 and _in_memory(body):
+            try:
+                response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+            else:
+                self.release(conn, response)
+            auth.refresh()
+            conn, response = self._send(method, target, _authorized(headers, auth.header()), body, chunked)
+        return conn, response
+
+    def _send(self, method: str, target: str, headers: Headers,
+              body: "bytes | memoryview | Iterable[bytes] | None",
+              chunked: bool) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        retryable = _in_memory(body)
         attempts = 2 if retryable else 1
         for attempt in range(attempts):
             # a body streamed from the client cannot be sent twice: give it a fresh connection
@@ -353,9 +399,9 @@ class UpstreamClient:
             conn.close()
 
     def call(self, method: str, target: str, headers: Headers,
-             body: "bytes | memoryview | None" = None) -> Reply:
+             body: "bytes | memoryview | None" = None, *, auth: Optional[ScopedAuth] = None) -> Reply:
         """One request whose response is read whole."""
-        conn, response = self.open(method, target, headers, body)
+        conn, response = self.open(method, target, headers, body, auth=auth)
         try:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -380,6 +426,14 @@ class UpstreamClient:
             parts = urlsplit(value)
             return join_target(parts.path or "/", parts.query)
         return location
+
+
+def _in_memory(body: object) -> bool:
+    return body is None or isinstance(body, (bytes, bytearray, memoryview))
+
+
+def _authorized(headers: Headers, authorization: Optional[str]) -> Headers:
+    return headers + [("Authorization", authorization)] if authorization else headers
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,6 +806,7 @@ class Request:
     method: str
     target: str                 # path?query as the client sent it (origin-form)
     headers: Headers            # as received
+    auth: Optional[ScopedAuth] = None   # the proxy's own Authorization (the client sent none)
 
     @property
     def path(self) -> str:
@@ -778,7 +833,8 @@ class UploadFailed(Exception):
 class Proxy:
     def __init__(self, upstream: Upstream, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  progress: Optional[Progress] = None,
-                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
+                 ssl_context: Optional[ssl.SSLContext] = None,
+                 auth: Optional[RegistryAuth] = None) -> None:
         if chunk_size <= 0:
             raise ValueError("chunk_size must be positive")
         self.upstream = upstream
@@ -786,9 +842,12 @@ class Proxy:
         self.chunk_size = chunk_size
         self.progress = progress or Progress(mode="off")
         self.uploads = UploadTracker()
+        self.auth = auth
 
     def close(self) -> None:
         self.client.pool.close()
+        if self.auth is not None:
+            self.auth.close()
 
     # -- entry point --------------------------------------------------------------------------------
 
@@ -797,6 +856,8 @@ class Proxy:
 
         On return the client body has been read whole unless `body.exhausted` is False (then the
         caller closes the connection)."""
+        if self.auth is not None and header(request.headers, "authorization") is None:
+            request.auth = self.auth.for_scopes(scopes_for(request.method, request.path, request.query))
         try:
             if body.exceeds(self.chunk_size):
                 pieced = self._pieced_upload(request, body)
@@ -815,6 +876,8 @@ class Proxy:
 
     def _pass_through(self, request: Request, body: ClientBody) -> Answer:
         headers = request.forward_headers()
+        if _is_upload_body(request, body):
+            headers = without(headers, ["content-type"]) + [("Content-Type", OCTET_STREAM)]
         chunked = False
         payload: "bytes | Iterator[bytes] | None" = None
         if body.chunked and body.exceeds(self.chunk_size):
@@ -830,7 +893,7 @@ class Proxy:
                 payload = None
         started = time.monotonic()
         conn, response = self.client.open(request.method, request.target, headers, payload,
-                                          chunked=chunked)
+                                          chunked=chunked, auth=request.auth)
         response_headers = list(response.getheaders())
         self._observe(request, response.status, response_headers, body.consumed, started)
         answer = Answer(response.status, response.reason, response_headers, stream=response,
@@ -920,7 +983,7 @@ class Proxy:
 
     def _post_monolithic(self, request: Request, body: ClientBody, name: str) -> Answer:
         digest_items, _ = split_query(request.query, "digest")
-        opened = self.client.call("POST", request.path, self._bodyless(request))
+        opened = self.client.call("POST", request.path, self._bodyless(request), auth=request.auth)
         if not opened.ok:
             raise UploadFailed(opened)
         location = opened.header("location")
@@ -937,7 +1000,7 @@ class Proxy:
 
     def _commit(self, request: Request, target: str, digest_items: str, name: str) -> Answer:
         put_target = add_query(target, digest_items)
-        reply = self.client.call("PUT", put_target, self._bodyless(request))
+        reply = self.client.call("PUT", put_target, self._bodyless(request), auth=request.auth)
         path = target.split("?", 1)[0]
         record = self.uploads.pop(path)
         if reply.ok and record is not None:
@@ -954,7 +1017,8 @@ class Proxy:
         record = self.uploads.get(target.split("?", 1)[0])
         if record is not None and record.offset is not None:
             return record.offset
-        status = self.client.call("GET", target, without(request.forward_headers(), _BODY_HEADERS))
+        status = self.client.call("GET", target, without(request.forward_headers(), _BODY_HEADERS),
+                                  auth=request.auth)
         if not status.ok:
             raise UploadFailed(status)
         end = _range_end(status.header("range"))
@@ -971,7 +1035,7 @@ class Proxy:
         record = self.uploads.ensure(path, name, offset)
         record.offset = offset
         template = without(request.forward_headers(), _BODY_HEADERS)
-        template.append(("Content-Type", "application/octet-stream"))
+        template.append(("Content-Type", OCTET_STREAM))
         total = body.length
         label = f"{name} {path.rsplit('/', 1)[-1][:12]}"
         token = self.progress.begin(label, total)
@@ -987,7 +1051,7 @@ class Proxy:
                                       ("Content-Length", str(n))]
                 now = time.monotonic()
                 record.started = record.started or now
-                reply = self.client.call("PATCH", target, headers, view[:n])
+                reply = self.client.call("PATCH", target, headers, view[:n], auth=request.auth)
                 if not reply.ok:
                     record.offset = None        # unknown now: ask the upstream next time
                     raise UploadFailed(reply)
@@ -1009,6 +1073,13 @@ class Proxy:
             raise UploadFailed(Reply(400, "Bad Request", [("Content-Type", "application/json")],
                                      oci_error_body("BLOB_UPLOAD_INVALID", "empty upload body")))
         return last, target
+
+
+def _is_upload_body(request: Request, body: ClientBody) -> bool:
+    """A non-empty body sent to /v2/<name>/blobs/uploads/...: blob bytes, whatever the client said
+    (dockerd sends no Content-Type; without a binary one, API Gateway would pass it as text)."""
+    has_body = body.chunked or bool(body.length)
+    return has_body and request.method in ("PATCH", "PUT", "POST") and bool(UPLOAD_PATH.match(request.path))
 
 
 def _range_end(value: Optional[str]) -> Optional[int]:
@@ -1187,15 +1258,26 @@ class ProxyServer(ThreadingHTTPServer):
         self.proxy.close()
 
 
+def docker_auth(upstream: Upstream, config_dir: Path) -> RegistryAuth:
+    """The proxy's own authentication, with what docker stores for the upstream in `config_dir`."""
+    return RegistryAuth(upstream.url, upstream.host_header,
+                        lookup=lambda: find_credentials(upstream.host_header, config_dir))
+
+
 def start_proxy(upstream: str, listen: str = "127.0.0.1:0", chunk_size: int = DEFAULT_CHUNK_SIZE,
                 progress: Optional[Progress] = None,
-                ssl_context: Optional[ssl.SSLContext] = None) -> tuple[ProxyServer, int]:
+                ssl_context: Optional[ssl.SSLContext] = None,
+                docker_config: Optional[Path] = None) -> tuple[ProxyServer, int]:
     """Serve the proxy in a daemon thread; return (server, port). `server.stop()` stops it.
 
-    `ssl_context` verifies an https upstream (default: the system's trusted CAs)."""
+    `ssl_context` verifies an https upstream (default: the system's trusted CAs). With
+    `docker_config` (a folder holding docker's config.json; `berth proxy` uses $DOCKER_CONFIG or
+    ~/.docker), requests without Authorization are authenticated with docker's stored
+    credentials for the upstream; without it, only the clients' own Authorization is forwarded."""
     host, port = parse_listen(listen)
-    proxy = Proxy(parse_upstream(upstream), chunk_size=chunk_size, progress=progress,
-                  ssl_context=ssl_context)
+    parsed = parse_upstream(upstream)
+    auth = docker_auth(parsed, docker_config) if docker_config is not None else None
+    proxy = Proxy(parsed, chunk_size=chunk_size, progress=progress, ssl_context=ssl_context, auth=auth)
     server = ProxyServer((host, port), proxy)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name=f"berth-proxy-{server.port}", daemon=True)
@@ -1238,6 +1320,17 @@ def _check_upstream(proxy: Proxy) -> Optional[str]:
     return None
 
 
+def _credentials_note(proxy: Proxy, upstream: Upstream, config_dir: Path) -> str:
+    """Which login the proxy will use: docker's for the upstream, or the clients' own."""
+    found = proxy.auth.stored_credentials() if proxy.auth is not None else None
+    if found is not None:
+        return (f"requests without credentials use the login docker stores for "
+                f"{upstream.host_header} (user {found.username!r}, from {config_dir})")
+    return (f"docker stores no login for {upstream.host_header} in {config_dir}: run "
+            f"`docker login {upstream.host_header}` (the proxy picks it up), or clients must log in "
+            "to the proxy's own address")
+
+
 @command("proxy", "push big layers to a registry behind API Gateway/Lambda, in pieces",
          _add_arguments)
 def run(args: argparse.Namespace) -> int:
@@ -1250,7 +1343,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     progress = Progress.for_terminal(args.quiet)
-    proxy = Proxy(upstream, chunk_size=args.chunk_size, progress=progress)
+    config_dir = docker_config_dir()
+    proxy = Proxy(upstream, chunk_size=args.chunk_size, progress=progress,
+                  auth=docker_auth(upstream, config_dir))
     try:
         server = ProxyServer((host, port), proxy)
     except OSError as exc:
@@ -1270,10 +1365,11 @@ def run(args: argparse.Namespace) -> int:
                         "base64-encoded; a registry there will refuse them (413)",
                         human_bytes(args.chunk_size))
         if not args.quiet:
-            shown = "localhost" if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::") else host
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
             progress.message(f"berth proxy: push to {shown}:{server.port}/<name>:<tag>; forwarding "
                              f"to {upstream.url} in pieces of at most {human_bytes(args.chunk_size)} "
                              "(Ctrl-C to stop)")
+            progress.message(f"berth proxy: {_credentials_note(proxy, upstream, config_dir)}")
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -4,6 +4,8 @@ Environment: PORT (5000), BERTH_HOST (127.0.0.1), BERTH_MOTO_PORT (a free port),
 BERTH_GATEWAY (`local`, the default: convenient, any body size; `aws`: the deployed path as API
 Gateway and Lambda serve it, front door included, see berth_local/aws_rules.py),
 BERTH_FRONT_DOOR (`on`; `off` shows what the deployed path does without the front door),
+BERTH_INSTANCES (1: the app runs in the server's process; N: on N worker processes that share
+nothing but moto, as a fleet of Lambda instances, see berth_local/fleet.py),
 BERTH_MAX_BODY_BYTES (unset: any body size; set: refuse bodies over it as Lambda would),
 BERTH_THREADS (8), BERTH_ADMIN_USER (admin) and BERTH_ADMIN_PASSWORD (generated and printed),
 BERTH_STATE_DIR (.berth in the project). It writes <state dir>/local.json so that `berth`
@@ -63,6 +65,11 @@ def main() -> int:
     if mode not in ("local", "aws"):
         print(f"BERTH_GATEWAY must be `local` or `aws`, not {mode!r}", file=sys.stderr)
         return 2
+    instances = os.environ.get("BERTH_INSTANCES", "1").strip() or "1"
+    if not instances.isdigit() or not 1 <= int(instances) <= 64:
+        print(f"BERTH_INSTANCES must be a number from 1 to 64, not {instances!r}", file=sys.stderr)
+        return 2
+    fleet = None
     endpoint, moto = backend.start_moto_process(int(os.environ.get("BERTH_MOTO_PORT", "0")))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     url = f"http://{host}:{port}"
@@ -76,10 +83,16 @@ def main() -> int:
         admin, generated_password = _ensure_admin()
         from app import app
         from berth_local.gateway import make_wsgi_app
+        from berth_local.root import console_at_root
         from berth_local.serve import serve
+        if int(instances) > 1:
+            from berth_local.fleet import Fleet
+            fleet = Fleet(int(instances))
         wsgi = make_wsgi_app(app, mode=mode, max_body_bytes=int(max_body) if max_body else None,
-                             front_door=front_door,
+                             front_door=front_door, fleet=fleet,
                              public_url=os.environ.get("BERTH_PUBLIC_URL") or url)
+        if mode == "local":   # in AWS the host's root is outside the stage (README, console)
+            wsgi = console_at_root(wsgi)
         _write_state(url, endpoint)
         print(f"Berth registry: {url}  (moto S3+DynamoDB: {endpoint})", flush=True)
         if generated_password:
@@ -93,8 +106,13 @@ def main() -> int:
         if max_body:
             print(f"Refusing request bodies over {max_body} bytes, as API Gateway/Lambda would",
                   flush=True)
+        if fleet is not None:
+            print(f"Lambda instances: {fleet.size} worker processes (pids "
+                  f"{' '.join(map(str, fleet.pids()))})", flush=True)
         serve(wsgi, host, port, threads=int(os.environ.get("BERTH_THREADS", "8")))
     finally:
+        if fleet is not None:
+            fleet.close()
         if STATE_FILE.exists() and json.loads(STATE_FILE.read_text()).get("pid") == os.getpid():
             STATE_FILE.unlink()
         moto.terminate()

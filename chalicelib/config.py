@@ -7,6 +7,9 @@ from functools import lru_cache
 from typing import Optional
 
 
+DEFAULT_SERVICE = "berth"     # BERTH_SERVICE when unset (the deploy step's challenge uses it too)
+
+
 @dataclass(frozen=True)
 class Settings:
     table: str
@@ -19,6 +22,7 @@ class Settings:
     issuer: str                   # the token `iss`
     token_ttl: int                # seconds a registry token is valid
     public_url: Optional[str]     # base URL clients use, for the token realm; else from Host
+    signup: str                   # self-service sign-up: closed, invite or open (BERTH_SIGNUP)
 
 
 @lru_cache(maxsize=1)
@@ -30,8 +34,9 @@ def settings() -> Settings:
         endpoint=os.environ.get("BERTH_AWS_ENDPOINT") or None,
         presign_expires=int(os.environ.get("BERTH_PRESIGN_EXPIRES", "300")),
         inline_manifest_max=int(os.environ.get("BERTH_INLINE_MANIFEST_MAX", str(350 * 1024))),
-        service=os.environ.get("BERTH_SERVICE", "berth"),
+        service=os.environ.get("BERTH_SERVICE", DEFAULT_SERVICE),
         issuer=os.environ.get("BERTH_ISSUER", "berth"),
         token_ttl=int(os.environ.get("BERTH_TOKEN_TTL", "300")),
         public_url=(os.environ.get("BERTH_PUBLIC_URL") or "").rstrip("/") or None,
+        signup=os.environ.get("BERTH_SIGNUP", "closed").strip().lower() or "closed",
     )

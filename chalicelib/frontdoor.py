@@ -82,8 +82,14 @@ GATEWAY_RESPONSES: Mapping[str, dict] = {
 }
 
 
+# The media type of the Gateway Responses' body template: API Gateway labels the answer with it.
+GATEWAY_RESPONSE_MEDIA_TYPE = "application/json"
+
+
 def gateway_response_headers(kind: str, public_url: str, service: str) -> dict[str, str]:
-    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1], "Content-Type": "application/json"}
+    """The headers a Gateway Response sets (responseParameters; its Content-Type comes from the
+    body template's media type, GATEWAY_RESPONSE_MEDIA_TYPE, not from a header mapping)."""
+    headers = {API_VERSION_HEADER[0]: API_VERSION_HEADER[1]}
     if GATEWAY_RESPONSES[kind]["challenge"]:
         headers["WWW-Authenticate"] = challenge(public_url, service)
     return headers

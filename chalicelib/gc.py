@@ -501,7 +501,7 @@ def collect_blob(digest: str, event_sk: str, cutoff: float, report: Report,
             return "busy"
     try:
         report.links_deleted += unlink(digest, since)
-        delete_object(digest, since)
+        delete_object(digest, since, metadata.object_key(digest, blob))
     except _LeaseExpired:
         report.blobs_busy += 1
         return "busy"
@@ -607,10 +607,12 @@ def delete_reverse_links(digest: str, repos: List[str]) -> None:
             batch.delete(BlobLinkItem(blob_pk(digest), blob_link_sk(repo)))
 
 
-def delete_object(digest: str, since: float) -> None:
-    """Step 3: delete the blob's S3 object, only while our lease holds (with its margin)."""
+def delete_object(digest: str, since: float, key: Optional[str] = None) -> None:
+    """Step 3: delete the blob's S3 object (where its upload assembled it: BlobItem.key), only
+    while our lease holds (with its margin). The key cannot change meanwhile: only an upload
+    taking over after our lease changes it."""
     _lease_holds(since)
-    blobstore.delete_object(blobstore.blob_key(digest))
+    blobstore.delete_object(key or blobstore.blob_key(digest))
 
 
 def forget(digest: str, since: float, event_sk: str) -> bool:
@@ -689,8 +691,9 @@ def audit() -> Dict[str, list]:
     reverse = {(r.sk[len(BLOB_LINK_PREFIX):], r.pk[5:]) for r in BlobLinkItem.scan(
         BlobLinkItem.pk.startswith("blob#") & BlobLinkItem.sk.startswith(BLOB_LINK_PREFIX),
         consistent_read=True)}
-    links = {(li.pk[5:], li.sk[5:]) for li in LinkItem.scan(
+    link_items = {(li.pk[5:], li.sk[5:]): li for li in LinkItem.scan(
         LinkItem.pk.startswith("repo#") & LinkItem.sk.startswith("blob#"), consistent_read=True)}
+    links = set(link_items)
     manifests = {(m.pk[5:], m.sk[9:]): m for m in ManifestItem.scan(
         ManifestItem.pk.startswith("repo#") & ManifestItem.sk.startswith("manifest#"),
         consistent_read=True)}
@@ -708,14 +711,15 @@ def audit() -> Dict[str, list]:
         for child in item.children or []:
             parents[(repo, child)] = parents.get((repo, child), 0) + 1
     live = {d for d, b in blobs.items() if b.state is None}
-    stored = {blobstore.blob_key(d) for d in blobs}
+    keys = {d: metadata.object_key(d, b) for d, b in blobs.items()}
+    stored = set(keys.values())
     return {
-        "links_to_missing_blobs": sorted(f"{r}@{d}" for r, d in links
-                                         if d not in live or blobstore.blob_key(d) not in objects),
+        "links_to_missing_blobs": sorted(
+            f"{r}@{d}" for (r, d), li in link_items.items()
+            if d not in live or metadata.object_key(d, li) != keys[d] or keys[d] not in objects),
         "links_without_reverse": sorted(f"{r}@{d}" for r, d in links - reverse),
         "reverse_without_link": sorted(f"{r}@{d}" for r, d in reverse - links),
-        "live_blobs_without_object": sorted(d for d in live
-                                            if blobstore.blob_key(d) not in objects),
+        "live_blobs_without_object": sorted(d for d in live if keys[d] not in objects),
         "objects_without_blob": sorted(k for k in objects if k not in stored),
         "blobs_being_deleted": sorted(d for d, b in blobs.items() if b.state is not None),
         "refs_mismatch": sorted(f"{d}: stored {b.refs}, actual {refs.get(d, 0)}"

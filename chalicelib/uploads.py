@@ -2,73 +2,40 @@
 
 A session may be fed by many requests, each possibly served by a different Lambda instance, so
 everything needed to resume it is in its UploadItem: the offset, the S3 multipart upload and its
-parts, and a "tail" object holding bytes not yet in a part (S3 parts other than the last must be
-at least 5 MiB; clients may send chunks of any size).
+parts, a "tail" object holding bytes not yet in a part (S3 parts other than the last must be at
+least 5 MiB; clients may send chunks of any size), and the running SHA-256 state
+(chalicelib/resumable_hash.py), so whichever instance gets the next chunk continues the hash.
 
-The digest is verified before a blob becomes visible. hashlib cannot save and resume its state, so
-each process keeps the running hash of the sessions it fed in memory (`_hashes`); it is used only
-when it covers exactly the session's current offset. Otherwise (another instance took part) the
-assembled object is read back from S3 and hashed at commit time: slower, never wrong.
+Concurrency: a request that writes a chunk first takes the session's writer lease (a conditional
+update: the offset it saw, no live lease), so two requests never write the same S3 part; the one
+that loses answers 416 with the session's real Range and the session stays usable.
+
+Commit cost does not grow with the blob: the digest is checked against the saved hash state, and
+the multipart upload is assembled at blobstore.assembled_key(upload id), which becomes the blob's
+object (BlobItem.key): no copy, no read-back. Only what cannot take that path pays more: a tail
+under 5 MiB with no part before it is copied to the content address (bounded), and a session
+without a usable hash state (created before hash states existed, or sha512) is read back from S3
+to be hashed, as before.
 """
 from __future__ import annotations
 
 import functools
-import threading
 import time
 import uuid
-from collections import OrderedDict
-from typing import Optional, Tuple
+from typing import Callable, Optional
 
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
-from chalicelib import oci
+from chalicelib import oci, resumable_hash
 from chalicelib.errors import RegistryError
 from chalicelib.storage import blobstore
 from chalicelib.storage.metadata import is_condition_failure, publish_blob
 from chalicelib.storage.models import UPLOADS_PK, UploadItem
 
 PART_MIN = 5 * 1024 * 1024   # S3's minimum size of every part but the last
-_HASH_CACHE_SIZE = 64
-
-
-class _RunningHashes:
-    """upload id -> (offset covered, sha256 object), a small thread-safe LRU."""
-
-    def __init__(self, size: int) -> None:
-        self._items: "OrderedDict[str, Tuple[int, object]]" = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def get(self, upload_id: str, offset: int):
-        with self._lock:
-            entry = self._items.get(upload_id)
-            if entry is None or entry[0] != offset:
-                return None
-            self._items.move_to_end(upload_id)
-            return entry[1]
-
-    def put(self, upload_id: str, offset: int, hasher) -> None:
-        with self._lock:
-            self._items[upload_id] = (offset, hasher)
-            self._items.move_to_end(upload_id)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-    def drop(self, upload_id: str) -> None:
-        with self._lock:
-            self._items.pop(upload_id, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-
-_hashes = _RunningHashes(_HASH_CACHE_SIZE)
-
-
-def forget_running_hashes() -> None:
-    """Drop every in-memory hash, as a fresh Lambda instance would have none (tests use this)."""
-    _hashes.clear()
+# How long a request may hold a session while it writes a chunk: longer than the API function's
+# timeout (120 s), so a lease outlives its writer only when the writer died.
+WRITER_LEASE_SECONDS = 130
 
 
 def range_header(offset: int) -> str:
@@ -76,12 +43,15 @@ def range_header(offset: int) -> str:
     return f"0-{max(offset - 1, 0)}"
 
 
+def _new_hash_state() -> Optional[bytes]:
+    return resumable_hash.ResumableSha256().state() if resumable_hash.available() else None
+
+
 def start(repo: str) -> UploadItem:
     now = time.time()
     session = UploadItem(UPLOADS_PK, uuid.uuid4().hex, repo=repo, offset=0, parts=[],
-                         tail_size=0, created=now, updated=now)
+                         tail_size=0, created=now, updated=now, hash_state=_new_hash_state())
     session.save(condition=UploadItem.sk.does_not_exist())
-    _hashes.put(session.sk, 0, oci.new_hasher())
     return session
 
 
@@ -103,6 +73,13 @@ def _range_error(session: UploadItem, message: str) -> RegistryError:
                          headers={"Range": range_header(session.offset),
                                   "Location": location(session),
                                   "Docker-Upload-UUID": session.sk})
+
+
+def _lost_race(session: UploadItem) -> RegistryError:
+    """Another request changed or holds the session: 416 with where it really stands."""
+    current = load(session.repo, session.sk)
+    return _range_error(current, "another request is writing to this upload; resume at the "
+                                 "offset in the Range header")
 
 
 def location(session: UploadItem) -> str:
@@ -137,7 +114,59 @@ def _expires_cleanly(operation):
     return wrapper
 
 
-@_expires_cleanly
+# ---------------------------------------------------------------- the writer lease
+
+
+def _hold(session: UploadItem) -> str:
+    """Take the session's writer lease at the offset we saw; 416 if another request has it."""
+    token = uuid.uuid4().hex
+    now = time.time()
+    try:
+        session.update(actions=[UploadItem.writer.set(token),
+                                UploadItem.writer_until.set(now + WRITER_LEASE_SECONDS)],
+                       condition=(UploadItem.offset == session.offset)
+                       & (UploadItem.writer.does_not_exist() | (UploadItem.writer_until < now)))
+    except UpdateError as exc:
+        if is_condition_failure(exc):
+            raise _lost_race(session) from None
+        raise
+    return token
+
+
+def _release(session: UploadItem, token: str) -> None:
+    """Give the lease back after a failed write (best effort: it also expires by itself)."""
+    try:
+        session.update(actions=[UploadItem.writer.remove(), UploadItem.writer_until.remove()],
+                       condition=UploadItem.writer == token)
+    except Exception:   # gone, or no longer ours: nothing to give back
+        pass
+
+
+def _holding(work: Callable[[UploadItem, str], UploadItem]):
+    """Run `work(session, token)` under the writer lease, releasing it if the work fails."""
+    @functools.wraps(work)
+    def wrapper(session: UploadItem, *args, **kwargs):
+        token = _hold(session)
+        try:
+            return work(session, token, *args, **kwargs)
+        except BaseException:
+            _release(session, token)
+            raise
+    return wrapper
+
+
+# ---------------------------------------------------------------- chunks
+
+
+def _resume_hash(session: UploadItem) -> Optional[resumable_hash.ResumableSha256]:
+    if session.hash_state is None or not resumable_hash.available():
+        return None
+    try:
+        return resumable_hash.ResumableSha256.resume(session.hash_state, int(session.offset))
+    except resumable_hash.InvalidState:
+        return None   # the commit reads the blob back instead
+
+
 def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None) -> UploadItem:
     """Add `data` at the end of the session; `start_offset` (from Content-Range) must be the end."""
     if start_offset is not None and start_offset != session.offset:
@@ -145,10 +174,15 @@ def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None)
                                     "were received: chunks must be sent in order, without overlap")
     if not data:
         return session
+    return _write_chunk(session, data)
+
+
+@_expires_cleanly
+@_holding
+def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
     old_offset = session.offset
-    hasher = _hashes.get(session.sk, old_offset)
+    hasher = _resume_hash(session)
     if hasher is not None:
-        hasher = hasher.copy()
         hasher.update(data)
     pending = data
     if session.tail_key:
@@ -163,24 +197,23 @@ def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None)
         session.tail_size = len(pending)
     session.offset = old_offset + len(data)
     session.updated = time.time()
+    session.hash_state = hasher.state() if hasher is not None else None
+    session.writer, session.writer_until = None, None
     try:
-        session.save(condition=(UploadItem.offset == old_offset))
+        session.save(condition=(UploadItem.offset == old_offset) & (UploadItem.writer == token))
     except PutError as exc:
-        if is_condition_failure(exc):
-            raise RegistryError("BLOB_UPLOAD_INVALID",
-                                "another request changed this upload at the same time") from None
-        raise
+        if not is_condition_failure(exc):
+            raise
+        if session.tail_key and session.tail_key != old_tail:
+            blobstore.delete_object(session.tail_key)
+        raise _lost_race(session) from None   # our lease expired and another request went on
     if old_tail:
         blobstore.delete_object(old_tail)
-    if hasher is not None:
-        _hashes.put(session.sk, session.offset, hasher)
-    else:
-        _hashes.drop(session.sk)
     return session
 
 
 def _write_part(session: UploadItem, data: bytes) -> None:
-    key = _staging_key(session, "data")
+    key = blobstore.assembled_key(session.sk)
     if session.mpu_id is None:
         session.mpu_id = blobstore.create_multipart(key)
     number = len(session.parts) + 1
@@ -188,22 +221,76 @@ def _write_part(session: UploadItem, data: bytes) -> None:
     session.parts = list(session.parts) + [[number, etag, len(data)]]
 
 
-@_expires_cleanly
-def commit(session: UploadItem, digest: str, final_data: bytes = b"") -> None:
-    """Finish the upload as blob `digest`: verify, store content-addressed, link, clean up."""
-    algorithm, _ = oci.parse_digest(digest)
-    if final_data and session.offset == 0:
+# ---------------------------------------------------------------- commit
+
+
+def commit(session: UploadItem, digest: str, final_data: bytes = b"",
+           start_offset: Optional[int] = None) -> None:
+    """Finish the upload as blob `digest`: verify, store, link, clean up."""
+    oci.parse_digest(digest)
+    if final_data and session.offset == 0 and start_offset in (None, 0):
         store_blob(session.repo, digest, final_data, session)
         return
-    session = append(session, final_data)
-    hasher = _hashes.get(session.sk, session.offset) if algorithm == "sha256" else None
+    session = append(session, final_data, start_offset)
+    _commit_held(session, digest)
+    _clean_staging(session)
+
+
+@_expires_cleanly
+@_holding
+def _commit_held(session: UploadItem, token: str, digest: str) -> None:
+    algorithm, _ = oci.parse_digest(digest)
+    hasher = _resume_hash(session) if algorithm == "sha256" else None
     if hasher is not None and f"sha256:{hasher.hexdigest()}" != digest:
         _reject(session, digest)
-    source = _assemble(session)
-    if hasher is None and _hash_object(source, session.offset, algorithm) != digest:
+    if session.mpu_id is None:
+        write = _tail_writer(session, digest, verified=hasher is not None)
+    elif hasher is not None:
+        write = functools.partial(_complete, session)   # only if the blob is not stored yet
+    else:
+        key = _complete(session)
+        if _hash_object(key, session.offset, algorithm) != digest:
+            _reject(session, digest)
+        write = lambda: key   # noqa: E731  (already assembled to be hashed)
+    publish_blob(session.repo, digest, session.offset, write, session.sk)
+
+
+def _tail_writer(session: UploadItem, digest: str, verified: bool) -> Callable[[], str]:
+    """A blob under 5 MiB sits in the session's tail object: copied to its content address
+    (at most 5 MiB, so the commit stays bounded), after hashing it if no state vouched for it."""
+    algorithm, _ = oci.parse_digest(digest)
+    if not verified and _hash_object(session.tail_key, session.offset, algorithm) != digest:
         _reject(session, digest)
-    _publish(session.repo, digest, session.offset, source)
-    finish(session)
+
+    def write() -> str:
+        key = blobstore.blob_key(digest)
+        if session.tail_key is None:
+            blobstore.put_object(key, b"")
+        else:
+            blobstore.copy_object(session.tail_key, key)
+        return key
+    return write
+
+
+def _complete(session: UploadItem) -> str:
+    """Assemble the multipart upload where it stands (the tail, under 5 MiB, is copied in as
+    the last part): that object is the blob. S3's refusals are the client's 400, not a 500."""
+    from botocore.exceptions import ClientError
+    key = blobstore.assembled_key(session.sk)
+    parts = [(n, etag) for n, etag, _ in session.parts]
+    try:
+        if session.tail_key:
+            parts.append((len(parts) + 1, blobstore.upload_part_copy(
+                key, session.mpu_id, len(parts) + 1, session.tail_key)))
+        blobstore.complete_multipart(key, session.mpu_id, parts)
+    except ClientError as exc:
+        if _staging_gone(exc):
+            raise
+        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "error")
+        finish(session)
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"the upload's parts could not be assembled "
+                            f"({code}); start the upload again") from None
+    return key
 
 
 def store_blob(repo: str, digest: str, data: bytes,
@@ -214,11 +301,12 @@ def store_blob(repo: str, digest: str, data: bytes,
         if session is not None:
             finish(session)
         raise _digest_mismatch(digest)
-    publish_blob(repo, digest, len(data),
-                 lambda: blobstore.put_object(blobstore.blob_key(digest), data),
-                 session.sk if session is not None else None)
-    if session is not None:
-        _hashes.drop(session.sk)
+    key = blobstore.blob_key(digest)
+
+    def write() -> str:
+        blobstore.put_object(key, data)
+        return key
+    publish_blob(repo, digest, len(data), write, session.sk if session is not None else None)
 
 
 def _digest_mismatch(digest: str) -> RegistryError:
@@ -231,21 +319,8 @@ def _reject(session: UploadItem, digest: str) -> None:
     raise _digest_mismatch(digest)
 
 
-def _assemble(session: UploadItem) -> Optional[str]:
-    """Make the session's bytes one S3 object and return its key (None when there are none)."""
-    if session.mpu_id is None:
-        return session.tail_key
-    key = _staging_key(session, "data")
-    parts = [(n, etag) for n, etag, _ in session.parts]
-    if session.tail_key:
-        parts.append((len(parts) + 1,
-                      blobstore.upload_part_copy(key, session.mpu_id, len(parts) + 1,
-                                                 session.tail_key)))
-    blobstore.complete_multipart(key, session.mpu_id, parts)
-    return key
-
-
 def _hash_object(key: Optional[str], size: int, algorithm: str) -> str:
+    """The fallback: read the bytes back from S3 and hash them (cost grows with the blob)."""
     hasher = oci.new_hasher(algorithm)
     if key is not None and size:
         for chunk in blobstore.iter_object(key):
@@ -253,23 +328,27 @@ def _hash_object(key: Optional[str], size: int, algorithm: str) -> str:
     return f"{algorithm}:{hasher.hexdigest()}"
 
 
-def _publish(repo: str, digest: str, size: int, source: Optional[str]) -> None:
-    """Make the verified bytes at `source` blob `digest` of `repo` (see metadata.publish_blob:
-    the content-addressed object is written only when the blob is not stored, or is being taken
-    back from a garbage-collection sweep)."""
-    def write_object() -> None:
-        if source is None:
-            blobstore.put_object(blobstore.blob_key(digest), b"")
-        else:
-            blobstore.copy_object(source, blobstore.blob_key(digest), size)
-    publish_blob(repo, digest, size, write_object)
+def _clean_staging(session: UploadItem) -> None:
+    """After a commit: the multipart upload if it was not needed (the blob was already stored)
+    and the tail objects; the assembled object, if used, is the blob now."""
+    if session.mpu_id:
+        blobstore.abort_multipart(blobstore.assembled_key(session.sk), session.mpu_id)
+    blobstore.delete_prefix(blobstore.upload_prefix(session.sk))
 
 
 def finish(session: UploadItem) -> None:
-    """Delete a session and everything it staged in S3 (after commit, cancel or rejection)."""
-    _hashes.drop(session.sk)
+    """Delete a session that did not become a blob and everything it staged in S3 (after a
+    cancel, a rejection, or garbage collection of an abandoned session)."""
+    try:
+        UploadItem.get(UPLOADS_PK, session.sk, consistent_read=True)
+    except DoesNotExist:
+        # Published (the commit's transaction deleted the session): the assembled object is a
+        # blob now. Only what staging is left may go.
+        _clean_staging(session)
+        return
     if session.mpu_id:
-        blobstore.abort_multipart(_staging_key(session, "data"), session.mpu_id)
+        blobstore.abort_multipart(blobstore.assembled_key(session.sk), session.mpu_id)
+        blobstore.delete_object(blobstore.assembled_key(session.sk))   # assembled, not published
     blobstore.delete_prefix(blobstore.upload_prefix(session.sk))
     try:
         UploadItem(UPLOADS_PK, session.sk).delete()

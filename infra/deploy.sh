@@ -57,16 +57,28 @@ if ! aws ssm get-parameter --name "$KEY_PARAM" --query Parameter.Name --output t
   rm -f "$keyfile"
 fi
 
-# 3. The Lambda package and the template (Chalice's, merged with infra/resources.yaml).
+# 3. The Lambda package and the template (Chalice's, merged with infra/resources.yaml), then the
+#    front door of chalicelib/frontdoor.py written into it (binary media types, the authorizer's
+#    token pattern, the Gateway Responses carrying the Bearer challenge).
 OUT="$(mktemp -d)"
 (cd "$ROOT" && "$CHALICE" package --stage "$STAGE" --merge-template infra/resources.yaml "$OUT")
+(cd "$ROOT" && "$PYTHON" -m berth_local.frontdoor_template "$OUT/sam.yaml")
 
 # 4. Upload the package; the template then names it by its S3 address.
 aws cloudformation package --template-file "$OUT/sam.yaml" --s3-bucket "$ARTIFACTS" \
   --s3-prefix "$STAGE" --output-template-file "$OUT/packaged.yaml"
 
 # 5. Create or update the stack (a change set; nothing to do is not an error). Parameters not
-#    given keep their current value.
+#    given keep their current value. A stack whose first creation failed stays in
+#    ROLLBACK_COMPLETE and can only be deleted: delete it (it holds nothing: the table and bucket
+#    of a failed creation are deleted with it, see DeletionPolicy in infra/resources.yaml).
+status="$(aws cloudformation describe-stacks --stack-name "$STACK" --query "Stacks[0].StackStatus" \
+  --output text 2>/dev/null || true)"
+if [ "$status" = "ROLLBACK_COMPLETE" ]; then
+  echo "$STACK: its first creation failed (ROLLBACK_COMPLETE); deleting it to create it again"
+  aws cloudformation delete-stack --stack-name "$STACK"
+  aws cloudformation wait stack-delete-complete --stack-name "$STACK"
+fi
 overrides=()
 if [ -n "${BERTH_DOMAIN+set}" ]; then overrides+=("DomainName=$BERTH_DOMAIN"); fi
 if [ -n "${BERTH_CERTIFICATE_ARN+set}" ]; then overrides+=("CertificateArn=$BERTH_CERTIFICATE_ARN"); fi
@@ -75,6 +87,14 @@ aws cloudformation deploy --template-file "$OUT/packaged.yaml" --stack-name "$ST
   --tags "app=berth" "stage=$STAGE" \
   ${overrides[@]+--parameter-overrides "${overrides[@]}"}
 
-# 6. Where the registry answers.
+# 6. Deploy the stage once more: API Gateway serves a Gateway Response (the Bearer challenge)
+#    only from a deployment made after it was created or changed, and the deployment SAM makes
+#    has no ordering with the GatewayResponse resources.
+api_id="$(aws cloudformation describe-stacks --stack-name "$STACK" \
+  --query "Stacks[0].Outputs[?OutputKey=='RestAPIId'].OutputValue" --output text)"
+aws apigateway create-deployment --rest-api-id "$api_id" --stage-name v2 \
+  --description "infra/deploy.sh: Gateway Responses" >/dev/null
+
+# 7. Where the registry answers.
 aws cloudformation describe-stacks --stack-name "$STACK" --query "Stacks[0].Outputs" --output table
 rm -rf "$OUT"

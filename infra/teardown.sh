@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Delete Berth's stage STAGE and ALL ITS DATA (images, accounts) from the current AWS account and
-# region: the stack berth-STAGE, then what the stack keeps on purpose (the table and the blob
-# bucket are DeletionPolicy: Retain), the token key and the artifacts bucket.
+# region: what `chalice deploy` made if the stage was deployed with infra/chalice-deploy.sh, the
+# stack berth-STAGE, then what the stack keeps on purpose (the table and the blob bucket are
+# DeletionPolicy: RetainExceptOnCreate), the token key and the artifacts bucket.
 #
 #   infra/teardown.sh dev|prod [--yes]
 #
@@ -20,6 +21,9 @@ if [ -z "$REGION" ]; then
 fi
 export AWS_REGION="$REGION" AWS_DEFAULT_REGION="$REGION"
 STACK="berth-$STAGE"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+CHALICE="${CHALICE:-$ROOT/.venv/bin/chalice}"
+CHALICE_PROJECT="$ROOT/.berth/chalice-deploy/$STAGE"   # infra/chalice-deploy.sh's default
 ACCOUNT="$(aws sts get-caller-identity --query Account --output text)"
 BUCKET="$STACK-$ACCOUNT-$REGION"
 ARTIFACTS="$STACK-artifacts-$ACCOUNT-$REGION"
@@ -31,7 +35,12 @@ if [ "${2:-}" != "--yes" ]; then
   [ "$answer" = "$STACK" ] || { echo "not deleted"; exit 1; }
 fi
 
-# The stack: API, function, role, log group, bucket policy (table and bucket stay: Retain).
+# A stage deployed with infra/chalice-deploy.sh: its API, functions, roles and schedule first.
+if [ -f "$CHALICE_PROJECT/.chalice/deployed/$STAGE.json" ]; then
+  "$CHALICE" --project-dir "$CHALICE_PROJECT" delete --stage "$STAGE"
+fi
+
+# The stack: API, functions, roles, log groups, bucket policy (table and bucket stay: Retain).
 aws cloudformation delete-stack --stack-name "$STACK"
 aws cloudformation wait stack-delete-complete --stack-name "$STACK"
 

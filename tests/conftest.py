@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,31 @@ def pytest_unconfigure(config):
     _MOTO.stop()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*tools): commands (or absolute paths) the test runs; "
+                            "a missing one fails the test")
+
+
+def pytest_runtest_setup(item):
+    """A test that cannot run is a failure: `make test` installs what `needs` names."""
+    for mark in item.iter_markers("needs"):
+        missing = [t for t in mark.args if shutil.which(t) is None]
+        if missing:
+            pytest.fail(f"{', '.join(missing)} not installed: run `make system-deps` "
+                        f"(scripts/install-system-deps.sh)", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """No skips in this project (a skipped test is a test CI never ran): report one as failed."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, which counts as a failure here: {reason}"
+
+
 @pytest.fixture(scope="session")
 def admin_credentials():
     """The admin user (cheap scrypt parameters: test speed; production hashes use the default)."""
@@ -52,8 +78,9 @@ def admin_credentials():
 def _serve(**options) -> Iterator[str]:
     from app import app
     from berth_local.gateway import make_wsgi_app
+    from berth_local.root import console_at_root
     from berth_local.serve import start_in_thread
-    server, port = start_in_thread(make_wsgi_app(app, **options))
+    server, port = start_in_thread(console_at_root(make_wsgi_app(app, **options)))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -61,9 +88,41 @@ def _serve(**options) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def registry(admin_credentials) -> Iterator[str]:
-    """Base URL of Berth as `make run` serves it (any body size, bodies fed in pieces)."""
+def in_process_registry(admin_credentials) -> Iterator[str]:
+    """Base URL of Berth as `make run` serves it (any body size, bodies fed in pieces), the app
+    running in this process (so `aws_calls` sees its AWS calls)."""
     yield from _serve()
+
+
+@pytest.fixture(scope="session")
+def registry(in_process_registry) -> str:
+    """The registry most tests use: `in_process_registry` (a module may override this name,
+    e.g. with `any_registry`, to run its tests on a fleet too)."""
+    return in_process_registry
+
+
+@pytest.fixture(scope="session")
+def fleet(admin_credentials):
+    """Three Lambda instances (berth_local/fleet.py): worker processes sharing nothing but moto."""
+    from berth_local.fleet import Fleet
+    instances = Fleet(3)
+    try:
+        yield instances
+    finally:
+        instances.close()
+
+
+@pytest.fixture(scope="session")
+def fleet_registry(fleet) -> Iterator[str]:
+    """Berth served by three Lambda instances (BERTH_INSTANCES=3), each request on any idle one."""
+    yield from _serve(fleet=fleet)
+
+
+@pytest.fixture(scope="session", params=[1, 3], ids=["1-instance", "3-instances"])
+def any_registry(request, admin_credentials) -> Iterator[str]:
+    """The same tests against one instance and against a fleet of three (`in_process_registry`
+    and `fleet_registry`); tests that count AWS calls in this process use the first only."""
+    yield request.getfixturevalue("in_process_registry" if request.param == 1 else "fleet_registry")
 
 
 @pytest.fixture(scope="session")

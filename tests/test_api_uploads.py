@@ -12,6 +12,12 @@ from tests.support.registry_api import absolute, error_code, http, push_blob, sh
 MiB = 1024 * 1024
 
 
+@pytest.fixture
+def registry(any_registry):
+    """Every upload test runs on one Lambda instance and on a fleet of three (BERTH_INSTANCES=3)."""
+    return any_registry
+
+
 def start(base: str, repo: str) -> str:
     r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
     assert r.status_code == 202
@@ -114,13 +120,13 @@ def test_sha512_digests_are_supported(registry):
 
 @pytest.mark.parametrize("forget_hash", [False, True])
 def test_digest_mismatch_leaves_nothing_visible(registry, forget_hash):
-    from chalicelib import uploads
+    from tests.support.registry_api import forget_hash_state
     data = os.urandom(6 * MiB)
     wrong = sha256(b"something else")
     url = start(registry, "up/mismatch")
     http.patch(url, data=data[:3 * MiB])
-    if forget_hash:  # as if the next request landed on a fresh Lambda instance
-        uploads.forget_running_hashes()
+    if forget_hash:  # a session without a saved hash state: verified by reading back
+        forget_hash_state(url)
     http.patch(url, data=data[3 * MiB:])
     r = http.put(url, params={"digest": wrong})
     assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
@@ -129,15 +135,14 @@ def test_digest_mismatch_leaves_nothing_visible(registry, forget_hash):
     assert error_code(http.get(url)) == "BLOB_UPLOAD_UNKNOWN"
 
 
-def test_upload_verified_by_reading_back_when_hash_state_is_elsewhere(registry):
-    from chalicelib import uploads
+def test_upload_verified_by_reading_back_when_the_hash_state_is_missing(registry):
+    from tests.support.registry_api import forget_hash_state
     data = os.urandom(7 * MiB)
     url = start(registry, "up/readback")
     for i in range(0, len(data), 2 * MiB):
-        uploads.forget_running_hashes()
         r = http.patch(url, data=data[i:i + 2 * MiB])
         url = absolute(registry, r.headers["Location"])
-    uploads.forget_running_hashes()
+    forget_hash_state(url)
     assert http.put(url, params={"digest": sha256(data)}).status_code == 201
     assert pull(registry, "up/readback", sha256(data)) == data
 
@@ -205,7 +210,8 @@ def test_blob_get_redirects_to_presigned_s3_url_with_short_expiry(registry):
     assert http.get(f"{registry}/v2/blobs/presign/blobs/{digest}").content == b"presigned"
 
 
-def test_blob_requests_cost_at_most_two_dynamodb_reads_and_no_s3_call(registry, aws_calls):
+def test_blob_requests_cost_at_most_two_dynamodb_reads_and_no_s3_call(in_process_registry, aws_calls):
+    registry = in_process_registry
     digest = push_blob(registry, "cost/blob", b"cost")
     for method in ("GET", "HEAD"):
         aws_calls.reset()
@@ -231,3 +237,124 @@ def test_an_upload_whose_staged_data_expired_is_unknown_not_a_server_error(regis
     assert r.status_code == 404 and error_code(r) == "BLOB_UPLOAD_UNKNOWN"
     assert "expired" in r.json()["errors"][0]["message"]
     assert error_code(http.get(url)) == "BLOB_UPLOAD_UNKNOWN"   # the session is gone too
+
+
+# ------------------------------------------------------------------------------------------------
+# Concurrency and commit cost (chalicelib/uploads.py: the writer lease, the saved hash state, no
+# copy at commit)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_concurrent_patches_at_the_same_offset_never_break_the_session(registry):
+    """Two requests racing with a 6 MiB chunk at one offset: one wins, the other gets 416 with the
+    real Range; the session goes on and the blob is right. 20 trials."""
+    import concurrent.futures
+    data = os.urandom(12 * MiB)
+    first, second = data[:6 * MiB], data[6 * MiB:]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for trial in range(20):
+            url = start(registry, "up/race")
+            headers = {"Content-Range": f"0-{len(first) - 1}",
+                       "Content-Type": "application/octet-stream"}
+            answers = list(pool.map(lambda _: http.patch(url, data=first, headers=headers), range(2)))
+            statuses = sorted(r.status_code for r in answers)
+            assert statuses in ([202, 202], [202, 416]) and 500 not in statuses, \
+                [(r.status_code, r.text) for r in answers]
+            if statuses == [202, 202]:   # the second ran after the first: it must have been refused
+                raise AssertionError("both requests wrote offset 0")
+            loser = next(r for r in answers if r.status_code == 416)
+            assert loser.headers["Range"] in ("0-0", f"0-{len(first) - 1}")
+            assert error_code(loser) == "RANGE_INVALID"
+            status = http.get(url)
+            assert status.status_code == 204 and status.headers["Range"] == f"0-{len(first) - 1}"
+            r = http.patch(url, data=second, headers={
+                "Content-Range": f"{len(first)}-{len(data) - 1}",
+                "Content-Type": "application/octet-stream"})
+            assert r.status_code == 202, r.text
+            r = http.put(absolute(registry, r.headers["Location"]), params={"digest": sha256(data)})
+            assert r.status_code == 201, r.text
+    assert pull(registry, "up/race", sha256(data)) == data
+
+
+def test_an_out_of_order_chunk_in_the_final_put_is_a_416(registry):
+    data = os.urandom(100)
+    url = start(registry, "up/put-order")
+    assert http.patch(url, data=data[:50], headers={"Content-Range": "0-49"}).status_code == 202
+    r = http.put(url, params={"digest": sha256(data)}, data=data[60:],
+                 headers={"Content-Range": "60-99", "Content-Type": "application/octet-stream"})
+    assert r.status_code == 416 and r.headers["Range"] == "0-49"
+    r = http.put(url, params={"digest": sha256(data)}, data=data[50:],
+                 headers={"Content-Range": "50-99", "Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+
+
+def test_a_commit_reads_nothing_back_and_copies_nothing(in_process_registry, aws_calls):
+    registry = in_process_registry
+    """The hash state came with the session and the multipart upload is the blob: the final PUT
+    costs the same whatever the blob's size."""
+    data = os.urandom(11 * MiB + 5)
+    url = start(registry, "up/no-copy")
+    for i in range(0, len(data), 4 * MiB):
+        r = http.patch(url, data=data[i:i + 4 * MiB], headers={"Content-Type": "application/octet-stream"})
+        url = absolute(registry, r.headers["Location"])
+    aws_calls.reset()
+    assert http.put(url, params={"digest": sha256(data)}).status_code == 201
+    s3_calls = {op: n for (service, op), n in aws_calls.calls.items() if service == "s3"}
+    assert "GetObject" not in s3_calls and "CopyObject" not in s3_calls, s3_calls
+    assert s3_calls.get("CompleteMultipartUpload") == 1
+    assert s3_calls.get("UploadPartCopy", 0) <= 1           # the tail under 5 MiB, at most
+    assert pull(registry, "up/no-copy", sha256(data)) == data
+
+
+def test_a_second_upload_of_the_same_bytes_stores_nothing_new(in_process_registry, aws_calls):
+    registry = in_process_registry
+    from chalicelib.storage import blobstore
+    data = os.urandom(6 * MiB)
+    stored = []
+    for repo in ("up/dedup-a", "up/dedup-b"):
+        url = start(registry, repo)
+        r = http.patch(url, data=data, headers={"Content-Type": "application/octet-stream"})
+        aws_calls.reset()
+        assert http.put(absolute(registry, r.headers["Location"]),
+                        params={"digest": sha256(data)}).status_code == 201
+        stored.append(set(blobstore.list_keys("blobs/")))
+    # the second commit found the blob stored: its multipart upload was aborted, not completed
+    assert aws_calls.calls.get(("s3", "CompleteMultipartUpload"), 0) == 0
+    assert aws_calls.calls.get(("s3", "AbortMultipartUpload"), 0) == 1
+    assert stored[1] == stored[0]
+    assert pull(registry, "up/dedup-b", sha256(data)) == pull(registry, "up/dedup-a", sha256(data)) == data
+
+
+def test_an_upload_spread_over_three_instances_is_committed_without_reading_back(fleet_registry, fleet):
+    """Chunks land on any of three instances (each its own process and memory); the saved hash
+    state goes with the session, so the commit reads nothing of the upload back from S3."""
+    data = os.urandom(22 * MiB + 3)
+    url = start(fleet_registry, "up/fleet")
+    fleet.aws_calls()
+    before = list(fleet.invocations)
+    for i in range(0, len(data), 4 * MiB):
+        r = http.patch(url, data=data[i:i + 4 * MiB], headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 202, r.text
+        url = absolute(fleet_registry, r.headers["Location"])
+    fleet.aws_calls()                                      # count the commit alone
+    r = http.put(url, params={"digest": sha256(data)})
+    assert r.status_code == 201, r.text
+    served = [after - b for after, b in zip(fleet.invocations, before)]
+    assert sum(1 for n in served if n) >= 2, served          # more than one instance took part
+    s3 = {k: n for k, n in fleet.aws_calls().items() if k[0] == "s3"}
+    assert not [k for k in s3 if k[1] in ("GetObject", "CopyObject")], s3
+    assert s3[("s3", "CompleteMultipartUpload", "blobs/u/")] == 1
+    assert pull(fleet_registry, "up/fleet", sha256(data)) == data
+
+
+def test_the_race_at_one_offset_across_instances(fleet_registry):
+    import concurrent.futures
+    data = os.urandom(6 * MiB)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            url = start(fleet_registry, "up/fleet-race")
+            headers = {"Content-Range": f"0-{len(data) - 1}", "Content-Type": "application/octet-stream"}
+            statuses = sorted(r.status_code for r in pool.map(
+                lambda _: http.patch(url, data=data, headers=headers), range(2)))
+            assert statuses == [202, 416], statuses
+            assert http.put(url, params={"digest": sha256(data)}).status_code == 201

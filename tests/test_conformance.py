@@ -49,6 +49,8 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 import requests
 
+from tests.support.registry_api import RegistryClient
+
 # ------------------------------------------------------------------------------------------------
 # The environment of the run (setup.go: init())
 # ------------------------------------------------------------------------------------------------
@@ -60,8 +62,7 @@ RUN_PUSH_SETUP = True
 RUN_CONTENT_DISCOVERY_SETUP = True      # OCI_TAG_LIST unset
 RUN_CONTENT_MANAGEMENT_SETUP = True
 DELETE_MANIFEST_BEFORE_BLOBS = True     # OCI_DELETE_MANIFEST_BEFORE_BLOBS unset
-RUN_AUTOMATIC_CROSSMOUNT_TEST = False   # OCI_AUTOMATIC_CROSSMOUNT unset (os.LookupEnv fails)
-AUTOMATIC_CROSSMOUNT_ENABLED = False
+AUTOMATIC_CROSSMOUNT_ENABLED = False    # OCI_AUTOMATIC_CROSSMOUNT: Berth never mounts without `from`
 
 USER_AGENT = "distribution-spec-conformance-tests"
 TEST_TAG_NAME = "tagtest0"
@@ -333,6 +334,7 @@ class Client:
                  credentials: Optional[tuple] = None) -> None:
         self.address = address.rstrip("/")
         self.default_name = default_name
+        self.crossmount = default_name
         self.credentials = credentials
         self.token: Optional[str] = None
         self.session = requests.Session()
@@ -425,8 +427,9 @@ def get_tag_list(resp: requests.Response) -> List[str]:
 
 
 def run_only_if(condition: bool) -> None:
-    if not condition:
-        pytest.skip("you have skipped this test.")
+    """The suite's RunOnlyIf. Where the Go suite would skip, this port fails: every step is meant
+    to run against Berth (make test has no skips), so a precondition that stops holding is news."""
+    assert condition, "this step's precondition does not hold: the Go suite would skip it"
 
 
 def run_only_if_not(condition: bool) -> None:
@@ -448,9 +451,16 @@ def show(resp: requests.Response) -> str:
             f"{dict(resp.headers)} {resp.text[:500]!r}")
 
 
-@pytest.fixture(scope="module")
-def client(registry, admin_credentials) -> Client:
-    return Client(registry, NAMESPACE, admin_credentials)   # OCI_USERNAME / OCI_PASSWORD
+# The suite runs twice: against one Lambda instance and against a fleet of three
+# (BERTH_INSTANCES=3, every request on any instance), in namespaces of their own.
+@pytest.fixture(scope="module", params=[("registry", NAMESPACE, CROSSMOUNT_NAMESPACE),
+                                        ("fleet_registry", "fleet/myrepo", "fleet/other")],
+                ids=["1-instance", "3-instances"])
+def client(request, admin_credentials) -> Client:
+    fixture, namespace, crossmount = request.param
+    c = Client(request.getfixturevalue(fixture), namespace, admin_credentials)  # OCI_USERNAME...
+    c.crossmount = crossmount
+    return c
 
 
 def push_blob_post_put(c: Client, digest: str, length: str, content: bytes) -> requests.Response:
@@ -506,9 +516,8 @@ def test_01_pull_setup_populate_test_manifest_by_digest(client):
     assert is_2xx(resp.status_code), show(resp)
 
 
-# 01_pull_test.go: Pull / Setup / "Get tag name from environment"
-def test_01_pull_setup_get_tag_name_from_environment(client):
-    run_only_if_not(RUN_PULL_SETUP)
+# 01_pull_test.go: Pull / Setup / "Get tag name from environment": not ported, this port always
+# runs the setup above (RUN_PULL_SETUP).
 
 
 # 01_pull_test.go: Pull / Pull blobs / "HEAD request to nonexistent blob should result in 404
@@ -857,7 +866,7 @@ def test_02_push_chunked_put_digest_201(client):
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting of a blob without the from
 # argument should yield session id"
 def test_02_push_crossmount_without_from_202(client):
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.dummyDigest})
     assert resp.status_code == 202, show(resp)
     assert absolute_location(resp) != "", show(resp)
@@ -866,7 +875,7 @@ def test_02_push_crossmount_without_from_202(client):
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "POST request to mount another
 # repository's blob should return 201 or 202"
 def test_02_push_crossmount_from_other_repo_201_or_202(client):
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.testBlobADigest, "from": client.default_name})
     assert resp.status_code in (201, 202), show(resp)
     S.push_lastResponse = resp
@@ -874,12 +883,21 @@ def test_02_push_crossmount_from_other_repo_201_or_202(client):
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "GET request to test digest within
 # cross-mount namespace should return 200"
+# The suite's client asks the token endpoint for the challenge's scope only (the target), so
+# Berth may not let it read the source and answers the 202 above (the Go suite then skips this
+# step). docker also asks for pull on the source; with such a token the mount is a 201.
 def test_02_push_crossmount_get_mounted_blob_200(client):
-    run_only_if(S.push_lastResponse.status_code == 201)
-    assert relative_location(S.push_lastResponse) == \
-        f"/v2/{CROSSMOUNT_NAMESPACE}/blobs/{D.testBlobADigest}", show(S.push_lastResponse)
-    resp = client.do("GET", relative_location(S.push_lastResponse))
-    assert resp.status_code == 200, show(resp)
+    token = RegistryClient(client.credentials).token(client.address, (
+        f"repository:{client.crossmount}:pull,push", f"repository:{client.default_name}:pull"))
+    auth = {"Authorization": f"Bearer {token}"}
+    resp = requests.post(f"{client.address}/v2/{client.crossmount}/blobs/uploads/",
+                         params={"mount": D.testBlobADigest, "from": client.default_name},
+                         headers=auth)
+    assert resp.status_code == 201, show(resp)
+    assert relative_location(resp) == f"/v2/{client.crossmount}/blobs/{D.testBlobADigest}", \
+        show(resp)
+    resp = requests.get(client.address + relative_location(resp), headers=auth)
+    assert resp.status_code == 200 and resp.content == D.testBlobA, show(resp)
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting of nonexistent blob should
@@ -887,27 +905,19 @@ def test_02_push_crossmount_get_mounted_blob_200(client):
 def test_02_push_crossmount_nonexistent_blob_session(client):
     run_only_if(S.push_lastResponse.status_code == 202)
     assert relative_location(S.push_lastResponse).startswith(
-        f"/v2/{CROSSMOUNT_NAMESPACE}/blobs/uploads/"), show(S.push_lastResponse)
+        f"/v2/{client.crossmount}/blobs/uploads/"), show(S.push_lastResponse)
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting without from, and
-# automatic content discovery enabled should return a 201"
-def test_02_push_crossmount_automatic_enabled_201(client):
-    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
-    run_only_if(S.push_lastResponse.status_code == 201)
-    run_only_if(AUTOMATIC_CROSSMOUNT_ENABLED)
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
-                     query={"mount": D.testBlobADigest})
-    assert resp.status_code == 201, show(resp)
+# automatic content discovery enabled should return a 201": Berth has no automatic content
+# discovery (AUTOMATIC_CROSSMOUNT_ENABLED is False), so only the next step applies.
 
 
 # 02_push_test.go: Push / Cross-Repository Blob Mount / "Cross-mounting without from, and
 # automatic content discovery disabled should return a 202"
 def test_02_push_crossmount_automatic_disabled_202(client):
-    run_only_if(RUN_AUTOMATIC_CROSSMOUNT_TEST)
-    run_only_if(S.push_lastResponse.status_code == 201)
-    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED)
-    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=CROSSMOUNT_NAMESPACE,
+    run_only_if_not(AUTOMATIC_CROSSMOUNT_ENABLED)   # the blob is mountable: the step above
+    resp = client.do("POST", "/v2/<name>/blobs/uploads/", name=client.crossmount,
                      query={"mount": D.testBlobADigest})
     assert resp.status_code == 202, show(resp)
 
@@ -1016,9 +1026,8 @@ def test_03_discovery_setup_populate_test_tags(client):
     S.disc_tagList = get_tag_list(resp)
 
 
-# 03_discovery_test.go: Content Discovery / Setup / "Populate registry with test tags (no push)"
-def test_03_discovery_setup_populate_test_tags_no_push(client):
-    run_only_if_not(RUN_CONTENT_DISCOVERY_SETUP)
+# 03_discovery_test.go: Content Discovery / Setup / "Populate registry with test tags (no push)":
+# not ported, this port always runs the setup above (RUN_CONTENT_DISCOVERY_SETUP).
 
 
 # 03_discovery_test.go: Content Discovery / Setup / "References setup"

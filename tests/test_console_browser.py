@@ -26,16 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots" / "console"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:          # pragma: no cover - skipped below
-    sync_playwright = None
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect, sync_playwright
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.skipif(sync_playwright is None, reason="playwright is not installed"),
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed"),
-    pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed"),
+    pytest.mark.needs(CHROMIUM, "skopeo"),
 ]
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -63,8 +59,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, registry):
-    context = browser.new_context(viewport={"width": 1280, "height": 820},
-                                  device_scale_factor=1)
+    context = browser.new_context(viewport=VIEWPORTS["desktop"], device_scale_factor=1)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=registry)
     page = context.new_page()
     errors = []
@@ -115,46 +110,111 @@ def test_console_assets_are_text_with_a_strict_policy(registry):
     assert requests.get(f"{registry}/v2/_berth/console/other.js").status_code == 404
 
 
-def test_console_end_to_end(page, registry, image_cache, tmp_path):
+VIEWPORTS = {"desktop": {"width": 1280, "height": 820}, "phone": {"width": 390, "height": 844}}
+
+
+WIDER_THAN_SCREEN = """() => [...document.querySelectorAll('body *')].filter(el =>
+    el.getBoundingClientRect().right > innerWidth + 1 && !el.closest('.table-box, .cmd, .nav'))
+    .slice(0, 8).map(el => `${el.tagName}.${el.className} ${Math.round(el.getBoundingClientRect()
+    .right)}`)"""
+
+
+def check_page(page, what: str) -> None:
+    """What every page must do: no sideways scrolling of the page (at 390 px too), and no
+    serious or critical accessibility violation (axe-core)."""
+    page.wait_for_timeout(100)
+    widths = page.evaluate("[document.scrollingElement.scrollWidth, innerWidth]")
+    assert widths[0] <= widths[1], f"{what}: the page scrolls sideways ({widths}): " + str(
+        page.evaluate(WIDER_THAN_SCREEN))
+    dialog = page.locator("dialog[open]")
+    if dialog.count():
+        box = dialog.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= widths[1], f"{what}: dialog {box}"
+    results = Axe().run(page)
+    bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+           for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, f"{what}: accessibility violations {bad}"
+
+
+def sign_in(page, user: str, password: str = PASSWORD) -> None:
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_label("Password").press("Enter")
+
+
+@pytest.fixture(params=sorted(VIEWPORTS))
+def screen(request):
+    return request.param
+
+
+def test_registry_root_opens_the_console(registry):
+    r = requests.get(f"{registry}/", allow_redirects=False)
+    assert r.status_code == 302 and r.headers["Location"] == "/v2/_berth/console/"
+    assert requests.get(f"{registry}/").headers["Content-Type"].startswith("text/html")
+
+
+def test_console_end_to_end(page, screen, registry, image_cache, tmp_path):
+    page.set_viewport_size(VIEWPORTS[screen])
+    suffix = "" if screen == "desktop" else "-phone"
     host = urlparse(registry).netloc
     # fixed names (each test session has a fresh registry) so the docs screenshots read well
-    user, namespace = "dana", "acme"
+    user, namespace = {"desktop": ("dana", "acme"), "phone": ("lee", "lee-labs")}[screen]
     if accounts.get_user(user) is not None or accounts.get_namespace(namespace) is not None:
         user, namespace = "web" + uuid.uuid4().hex[:8], "team" + uuid.uuid4().hex[:6]
-    accounts.create_user(user, PASSWORD, log2_n=10)
+    # on the phone the user starts with an administrator's initial password and sets their own
+    # registry password while activating
+    initial = PASSWORD if screen == "desktop" else "initial password from the admin"
+    accounts.create_user(user, initial, log2_n=10)
     creds = f"{user}:{PASSWORD}"
     small = build_image(image_cache / "console-small", layers=[300 * KiB, 120 * KiB],
                         seed="berth-console")
     other = build_image(image_cache / "console-other", layers=[64 * KiB], seed="berth-console-2")
 
-    # ---- sign in: a wrong password first, shown next to the password field
-    page.goto(f"{registry}/v2/_berth/console/")
+    # ---- the registry's root opens the console; a newcomer is told how to get an account
+    page.goto(f"{registry}/")
     expect(page.get_by_role("heading", name="Sign in to Berth")).to_be_visible()
-    shot(page, "01-sign-in")
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password").fill("wrong password!")
-    page.get_by_label("Password").press("Enter")
+    expect(page.locator(".newcomer")).to_contain_text("administrators")
+    check_page(page, "sign-in")
+    shot(page, f"01-sign-in{suffix}")
+    sign_in(page, user, "wrong password!")
     expect(page.locator("[data-field=password] .field-error")).to_contain_text("Incorrect")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_label("Password").press("Enter")
+    sign_in(page, user, initial)
 
-    # ---- activation
+    # ---- activation: namespace, user name and registry password in one form
     expect(page.get_by_role("heading", name="Activate the registry")).to_be_visible()
+    expect(page.get_by_label("User name for docker login")).to_have_value(user)
+    if initial != PASSWORD:
+        page.get_by_label("Namespace").fill(namespace)
+        page.locator("input[name=current_password]").fill("not the password")
+        page.get_by_label("New registry password").fill(PASSWORD)
+        page.get_by_label("New registry password").press("Enter")
+        expect(page.locator("[data-field=current_password] .field-error")).to_contain_text(
+            "not right")
+        page.locator("input[name=current_password]").fill(initial)
     page.get_by_label("Namespace").fill("Not Valid!")
     page.get_by_label("Namespace").press("Enter")
-    expect(page.locator("[data-field=name] .field-error")).to_contain_text("lowercase")
-    shot(page, "02-activate")
+    error = page.locator("[data-field=name] .field-error")
+    expect(error).to_contain_text("lowercase letters (a-z)")
+    expect(error).to_contain_text("'-'")
+    check_page(page, "activate")
+    shot(page, f"02-activate{suffix}")
     page.get_by_label("Namespace").fill(namespace)
     page.get_by_label("Namespace").press("Enter")
     expect(page.get_by_role("heading", name="No images yet")).to_be_visible()
-    expect(page.locator(".cmd code").first).to_have_text(f"docker login {host}")
-    shot(page, "03-images-empty")
+    for password, status in ((initial, 401 if initial != PASSWORD else 200), (PASSWORD, 200)):
+        assert requests.get(f"{registry}/v2/_berth/token",
+                            auth=(user, password)).status_code == status
+    login = f"docker login --username={user} {host}"
+    assert page.locator(".cmd code").all_text_contents().count(login) == 1
+    check_page(page, "images, empty")
+    shot(page, f"03-images-empty{suffix}")
 
     # ---- a second, pushed repository for the list (and to check it survives the delete)
     keep = f"{namespace}/worker"
     skopeo_copy(other.oci_ref, f"docker://{host}/{keep}:1.4", creds=creds)
     client = RegistryClient((user, PASSWORD))
-    push_image(registry, f"{namespace}/api", "2.3.0", client=client,
+    api_repo = f"{namespace}/api"
+    push_image(registry, api_repo, "2.3.0", client=client,
                layer_bytes=(b"api layer" * 20000, b"x" * 5000))
 
     # ---- new repository: name + description; a too long description is refused in place
@@ -167,22 +227,17 @@ def test_console_end_to_end(page, registry, image_cache, tmp_path):
     expect(dialog.locator("[data-field=description] .field-error")).to_contain_text("limit is 1000")
     dialog.get_by_label("Description").fill("The public web front end: nginx serving the "
                                             "built single-page app.")
-    shot(page, "04-new-repository")
+    check_page(page, "new repository dialog")
+    shot(page, f"04-new-repository{suffix}")
     dialog.get_by_role("button", name="Create repository").click()
     repo = f"{namespace}/webapp"
     expect(page.get_by_role("heading", name=repo)).to_be_visible()
     expect(page.get_by_role("heading", name="No tags")).to_be_visible()
-    shot(page, "05-repository-new")
-
-    # ---- the same name again: the API's refusal appears next to the name field
-    page.goto(f"{registry}/v2/_berth/console/#/")
-    page.get_by_role("button", name="+ New repository").first.click()
-    dialog = page.get_by_role("dialog")
-    dialog.locator("input[name=name]").fill("webapp")
-    dialog.locator("input[name=name]").press("Enter")
-    expect(dialog.locator("[data-field=name] .field-error")).to_contain_text("already exists")
-    page.keyboard.press("Escape")                         # Escape closes the dialog
-    expect(page.get_by_role("dialog")).to_have_count(0)
+    commands = page.locator(".cmd code").all_text_contents()
+    assert sum(c.startswith("docker push ") for c in commands) == 1, commands   # once
+    assert commands.count(login) == 1
+    check_page(page, "repository, empty")
+    shot(page, f"05-repository-new{suffix}")
 
     # ---- push two tags with skopeo as this user; the page shows them with their size
     skopeo_copy(small.oci_ref, f"docker://{host}/{repo}:v1", creds=creds)
@@ -190,41 +245,39 @@ def test_console_end_to_end(page, registry, image_cache, tmp_path):
     expected = small.manifest_size + small.config_size + sum(small.layer_sizes)
     stats = api_get(registry, user, f"repositories/{repo}")
     assert (stats["tag_count"], stats["size"]) == (2, expected)
-    page.reload()
-    row = page.locator(f"tr[data-repo='{repo}']")
-    expect(row.locator("[data-col=tags]")).to_have_text("2")
-    expect(row.locator("[data-col=size]")).to_have_text(format_size(expected))
-    expect(row).to_contain_text("The public web front end")
-    expect(page.locator(f"tr[data-repo='{keep}']")).to_be_visible()
-    # search
-    page.get_by_label("Search images").fill("work")
-    expect(page.locator("tbody tr")).to_have_count(1)
-    expect(page.locator(f"tr[data-repo='{keep}']")).to_be_visible()
-    page.get_by_label("Search images").fill("")
-    expect(page.locator("tbody tr")).to_have_count(3)
-    page.mouse.move(0, 0)
-    shot(page, "06-image-list", "image-list.png")
 
-    # ---- repository page: tags, commands, copy
-    row.get_by_role("link", name=repo).click()
-    expect(page.get_by_role("heading", name=repo)).to_be_visible()
+    # ---- repository page: platforms of a single-architecture image, commands, copy
+    page.reload()
     expect(page.locator("tr[data-tag]")).to_have_count(2)
     expect(page.locator("tr[data-tag=v1] [data-col=size]")).to_have_text(format_size(expected))
-    expect(page.locator("[data-fact=size]")).to_have_text(format_size(expected))
+    expect(page.locator("tr[data-tag=v1] .platform")).to_have_text("linux/amd64")
     commands = page.locator(".cmd code").all_text_contents()
-    assert f"docker login {host}" in commands
+    assert login in commands
     assert f"docker pull {host}/{repo}:v2" in commands or f"docker pull {host}/{repo}:v1" in \
         commands
-    assert any(c.startswith("docker tag ") and c.endswith(f"{host}/{repo}:v2") or
-               c.endswith(f"{host}/{repo}:v1") for c in commands)
-    assert any(c.startswith(f"docker push {host}/{repo}:") for c in commands)
-    page.locator("tr[data-tag=v1] button[data-copy]").click()
+    # the proposed tag is a new one: pasting the commands replaces nothing
+    assert f"docker tag my-image:latest {host}/{repo}:v3" in commands, commands
+    assert f"docker push {host}/{repo}:v3" in commands
+    # served over plain HTTP: the podman variants say --tls-verify=false
+    page.locator(".plain-http summary").first.click()
+    assert f"podman push --tls-verify=false my-image:latest {host}/{repo}:v3" in \
+        page.locator(".cmd code").all_text_contents()
+    expect(page.locator(".plain-http").last).to_contain_text("insecure-registries")
+    # commands never wrap mid-word: each one is a single line in its box
+    heights = page.eval_on_selector_all(".cmd code", "els => els.map(e => e.scrollHeight / "
+                                        "parseFloat(getComputedStyle(e).lineHeight))")
+    assert all(h < 2 for h in heights), heights
+    digest = api_get(registry, user, f"repositories/{repo}/_tags")["tags"][0]["digest"]
+    page.locator(f"tr[data-tag=v1] button[data-copy='{digest}']").click()
+    assert page.evaluate("navigator.clipboard.readText()") == digest
+    page.locator("tr[data-tag=v1] button[data-copy^='docker pull']").click()
     expected_pull = f"docker pull {host}/{repo}:v1"
     expect(page.locator("body")).to_have_attribute("data-copied", expected_pull)
     assert page.evaluate("navigator.clipboard.readText()") == expected_pull
     page.mouse.move(0, 0)
     page.wait_for_timeout(1700)                              # "Copied" back to "Copy pull"
-    shot(page, "07-repository", "repository.png")
+    check_page(page, "repository")
+    shot(page, f"07-repository{suffix}", f"repository{suffix}.png")
 
     # ---- edit the description (Enter in a textarea is a newline: the Save button submits)
     page.get_by_role("button", name="Edit").click()
@@ -237,64 +290,149 @@ def test_console_end_to_end(page, registry, image_cache, tmp_path):
     page.locator("tr[data-tag=v2]").get_by_role("button", name="Delete").click()
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text(f"{repo}:v2")
-    shot(page, "08-delete-tag")
+    check_page(page, "delete tag dialog")
     dialog.get_by_role("button", name="Delete tag").click()
     expect(page.locator("tr[data-tag]")).to_have_count(1)
     with pytest.raises(ClientError) as failed:
         skopeo_inspect(f"docker://{host}/{repo}:v2", creds=creds)
     assert "manifest unknown" in failed.value.stderr.lower()
+    skopeo_copy(small.oci_ref, f"docker://{host}/{repo}:v2", creds=creds)    # back, for below
 
-    # ---- delete the image: the dialog names what goes; Escape first, then confirm
-    page.get_by_role("button", name="Delete image").click()
-    dialog = page.get_by_role("dialog")
-    expect(dialog).to_contain_text(f"{repo}:v1")
-    expect(dialog).to_contain_text("1 manifest")
-    shot(page, "09-delete-image")
-    page.keyboard.press("Escape")
-    expect(page.get_by_role("dialog")).to_have_count(0)
-    page.get_by_role("button", name="Delete image").click()
-    page.get_by_role("dialog").get_by_role("button", name="Delete image").click()
-    expect(page.get_by_role("heading", name="Images")).to_be_visible()
+    # ---- the image list: search, then select two images, Delete, a confirmation naming every
+    # tag of both, OK
+    page.get_by_role("link", name="Images", exact=True).click()
+    row = page.locator(f"tr[data-repo='{repo}']")
+    expect(row.locator("[data-col=tags]")).to_have_text("2")
+    expect(row.locator("[data-col=size]")).to_have_text(format_size(expected))
+    expect(row).to_contain_text("nginx + the built app")
     expect(page.locator(f"tr[data-repo='{keep}']")).to_be_visible()
+    page.get_by_label("Search images").fill("work")
+    expect(page.locator("tbody tr")).to_have_count(1)
+    expect(page.locator(f"tr[data-repo='{keep}']")).to_be_visible()
+    page.get_by_label("Search images").fill("")
+    expect(page.locator("tbody tr")).to_have_count(3)
+    page.mouse.move(0, 0)
+    check_page(page, "image list")
+    shot(page, f"06-image-list{suffix}", f"image-list{suffix}.png")
+    page.get_by_label(f"Select {repo}").check()
+    page.get_by_label(f"Select {api_repo}").check()
+    page.get_by_role("button", name="Delete (2)").click()
+    dialog = page.get_by_role("dialog")
+    for ref in (f"{repo}:v1", f"{repo}:v2", f"{api_repo}:2.3.0"):
+        expect(dialog).to_contain_text(ref)
+    expect(dialog).not_to_contain_text(keep)
+    check_page(page, "delete images dialog")
+    shot(page, f"09-delete-images{suffix}")
+    page.keyboard.press("Escape")                         # Escape cancels
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    page.get_by_role("button", name="Delete (2)").click()
+    page.get_by_role("dialog").get_by_role("button", name="Delete 2 images").click()
     expect(page.locator(f"tr[data-repo='{repo}']")).to_have_count(0)
-
-    for tag in ("v1", "v2"):
+    expect(page.locator(f"tr[data-repo='{api_repo}']")).to_have_count(0)
+    expect(page.locator(f"tr[data-repo='{keep}']")).to_be_visible()
+    for ref in (f"{repo}:v1", f"{repo}:v2", f"{api_repo}:2.3.0"):
         with pytest.raises(ClientError) as failed:
-            skopeo_inspect(f"docker://{host}/{repo}:{tag}", creds=creds)
-        assert "manifest unknown" in failed.value.stderr.lower()
+            skopeo_inspect(f"docker://{host}/{ref}", creds=creds)
+        assert "manifest unknown" in failed.value.stderr.lower() or "name unknown" in \
+            failed.value.stderr.lower(), failed.value.stderr
     pulled = tmp_path / "kept"
     skopeo_copy(f"docker://{host}/{keep}:1.4", f"oci:{pulled}:1.4", creds=creds)
     assert layout_digests(pulled) == layout_digests(other.path)
 
-    # ---- account: an access token, shown once
+    # ---- a deleted repository's address says so; the session lives in a new tab
+    tab = page.context.new_page()
+    tab.goto(f"{registry}/v2/_berth/console/#/repo/{repo}")
+    expect(tab.get_by_role("heading", name="Repository not found")).to_be_visible()
+    check_page(tab, "repository not found")
+    tab.close()
+
+    # ---- explore: another namespace's public repository, with pull commands only
+    stranger, their_ns = "pub" + uuid.uuid4().hex[:6], "open" + uuid.uuid4().hex[:6]
+    accounts.create_user(stranger, PASSWORD, log2_n=10)
+    accounts.create_namespace(their_ns, stranger, public=True)
+    shared = f"{their_ns}/toolbox"
+    skopeo_copy(other.oci_ref, f"docker://{host}/{shared}:2.0", creds=f"{stranger}:{PASSWORD}")
+    page.get_by_role("link", name="Explore").click()
+    expect(page.get_by_role("heading", name="Explore")).to_be_visible()
+    page.get_by_label("Search public images").fill(their_ns)
+    expect(page.locator("tbody tr")).to_have_count(1)
+    check_page(page, "explore")
+    shot(page, f"10-explore{suffix}")
+    page.get_by_role("link", name=shared).click()
+    expect(page.get_by_role("heading", name=shared)).to_be_visible()
+    expect(page.locator(".repo-title .badge")).to_have_count(1)
+    expect(page.locator(".repo-title .badge")).to_have_text("public")
+    commands = page.locator(".cmd code").all_text_contents()
+    assert f"docker pull {host}/{shared}:2.0" in commands
+    assert not [c for c in commands if c.startswith(("docker push", "docker tag",
+                                                     "docker login"))], commands
+    expect(page.get_by_role("button", name="Delete image")).to_have_count(0)
+    check_page(page, "public repository, pull only")
+
+    # ---- account: a lasting access token needs the password again
     page.get_by_role("link", name="Account").click()
     expect(page.get_by_role("heading", name="Account")).to_be_visible()
     page.get_by_label("Token name").fill("ci-deploy")
     page.get_by_label("Token name").press("Enter")
+    expect(page.locator("[data-field=password] .field-error")).to_contain_text("password")
+    page.get_by_label("Your password").fill(PASSWORD)
+    page.get_by_label("Your password").press("Enter")
     expect(page.locator(".secret code")).to_contain_text("berth_")
     expect(page.locator("tr[data-token=ci-deploy]")).to_be_visible()
-    page.get_by_label("Current password").fill("not my password")
-    page.locator("input[name=new_password]").fill("a new password")
-    page.get_by_label("New password again").fill("a new password")
-    page.get_by_label("New password again").press("Enter")
-    expect(page.locator("[data-field=current_password] .field-error")).to_contain_text(
-        "not right")
     page.mouse.move(0, 0)
-    shot(page, "10-account")
+    check_page(page, "account")
+    shot(page, f"11-account{suffix}")
 
-    # ---- signing out ends the session
+    # ---- signing out ends the session in every tab; a deep link survives signing in again
+    other_tab = page.context.new_page()
+    other_tab.goto(f"{registry}/v2/_berth/console/#/account")
+    expect(other_tab.get_by_role("heading", name="Account")).to_be_visible()
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in to Berth")).to_be_visible()
-    assert page.evaluate("sessionStorage.getItem('berth.token')") is None
+    assert not page.evaluate("document.cookie")           # HttpOnly: scripts never see it
+    other_tab.get_by_role("link", name="Images", exact=True).click()
+    expect(other_tab.get_by_role("heading", name="Sign in to Berth")).to_be_visible()
+    other_tab.close()
+    page.goto(f"{registry}/v2/_berth/console/#/repo/{keep}")
+    expect(page.get_by_role("heading", name="Sign in to Berth")).to_be_visible()
+    sign_in(page, user)
+    expect(page.get_by_role("heading", name=keep)).to_be_visible()
+    assert page.url.endswith(f"#/repo/{keep}")
+
+
+def test_sign_up_in_one_form_when_open(page, registry, monkeypatch):
+    from chalicelib.config import settings
+    monkeypatch.setenv("BERTH_SIGNUP", "open")
+    settings.cache_clear()
+    try:
+        page.set_viewport_size(VIEWPORTS["phone"])
+        page.goto(f"{registry}/v2/_berth/console/")
+        page.get_by_role("link", name="Create an account").click()
+        expect(page.get_by_role("heading", name="Create your account")).to_be_visible()
+        name = "new" + uuid.uuid4().hex[:6]
+        page.get_by_label("User name").fill(name)
+        expect(page.get_by_label("Namespace")).to_have_value(name)
+        page.get_by_label("Registry password").fill(PASSWORD)
+        page.get_by_label("Password again").fill(PASSWORD)
+        check_page(page, "sign-up")
+        page.get_by_label("Password again").press("Enter")
+        expect(page.get_by_role("heading", name="No images yet")).to_be_visible()
+        assert accounts.get_namespace(name).owner == name
+    finally:
+        monkeypatch.delenv("BERTH_SIGNUP")
+        settings.cache_clear()
 
 
 def test_admin_sees_users_page(page, registry, admin_credentials):
     page.goto(f"{registry}/v2/_berth/console/")
-    page.get_by_label("User name").fill(admin_credentials[0])
-    page.get_by_label("Password").fill(admin_credentials[1])
-    page.get_by_label("Password").press("Enter")
+    sign_in(page, *admin_credentials)
     page.get_by_role("link", name="Users").click()
     expect(page.get_by_role("heading", name="Users", exact=True)).to_be_visible()
     expect(page.locator(f"tr[data-user='{admin_credentials[0]}']")).to_be_visible()
+    page.get_by_role("button", name="Create an invitation").click()
+    expect(page.locator(".secret code")).to_have_count(1)
+    for width in (1280, 390, 360):
+        page.set_viewport_size({"width": width, "height": 820})
+        check_page(page, f"users at {width} px")
     page.mouse.move(0, 0)
     shot(page, "11-users")

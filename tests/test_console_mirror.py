@@ -14,7 +14,8 @@ from tests.support.clients import skopeo_copy
 from tests.support.images import build_image
 from tests.support.refregistry import RefRegistry
 from tests.support.registry_api import ADMIN
-from tests.test_console_browser import browser, format_size, page, shot  # noqa: F401 (fixtures)
+from tests.test_console_browser import (browser, check_page, format_size, page,  # noqa: F401
+                                        shot)
 
 pytestmark = pytest.mark.e2e
 KiB = 1 << 10
@@ -35,9 +36,18 @@ def test_official_images_page_lists_the_cache_and_admins_edit_rules(
         page.get_by_label("User name").fill(ADMIN[0])
         page.get_by_label("Password").fill(ADMIN[1])
         page.get_by_label("Password").press("Enter")
-        page.get_by_role("link", name="Official images").click()
+        # Explore lists the rules this user may pull from, each a link to the Official images page
         from playwright.sync_api import expect
+        page.get_by_role("link", name="Explore").click()
+        explore_rule = page.locator("#official-h").locator("..").locator("..").locator(
+            "[data-mirror=hub]")
+        expect(explore_rule).to_contain_text(f"hub/ (pulled through from {upstream.url}/library/)")
+        check_page(page, "explore with official images")
+        explore_rule.get_by_role("link").click()
         expect(page.get_by_role("heading", name="Official images")).to_be_visible()
+        assert page.url.endswith("#/official")
+        expect(page.locator("[data-mirror=hub] [data-image='hub/nginx']")).to_be_visible()
+        check_page(page, "official images")
         rule = page.locator("[data-mirror=hub]")
         row = rule.locator("[data-image='hub/nginx']")
         expect(row).to_contain_text("1.27")

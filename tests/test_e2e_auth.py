@@ -1,7 +1,6 @@
 """Logins and refusals as users meet them: skopeo login / podman login, then push and pull."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from urllib.parse import urlparse
@@ -15,7 +14,7 @@ from tests.support.images import build_image
 KiB = 1 << 10
 PASSWORD = "e2e user password"
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
+              pytest.mark.needs("skopeo")]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +86,7 @@ def podman_login(podman: Podman, host: str, user: str, password: str) -> None:
                    capture_output=True)
 
 
-@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+@pytest.mark.needs("podman")
 def test_podman_login_push_and_pull(registry, users, small, tmp_path):
     host = urlparse(registry).netloc
     user, namespace = users["carol"]

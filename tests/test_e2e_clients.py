@@ -5,7 +5,6 @@ re-hashed and compared with what was pushed.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,7 +19,7 @@ from tests.support.registry_api import ADMIN
 MiB, KiB = 1 << 20, 1 << 10
 CREDS = ":".join(ADMIN)
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
+              pytest.mark.needs("skopeo")]
 
 
 @pytest.fixture(scope="session")
@@ -100,7 +99,7 @@ def test_delete_by_digest_then_pull_says_manifest_unknown(host, image_cache):
         assert "manifest unknown" in failure.value.stderr.lower()
 
 
-@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+@pytest.mark.needs("podman")
 def test_podman_push_and_pull_of_a_big_image(host, big_image, tmp_path):
     pusher, puller = Podman(tmp_path / "push"), Podman(tmp_path / "pull")
     try:

@@ -64,9 +64,10 @@ def test_docker_push_of_small_layers_then_pull_gives_the_same_image(aws_run, doc
     assert len(manifest["layers"]) == len(SMALL_LAYERS)
 
 
-def skopeo_free_manifest(run, name: str, reference: str) -> dict:
+def skopeo_free_manifest(run, name: str, reference: str, user: str = USER,
+                         password: str = PASSWORD) -> dict:
     """The stored manifest, read over HTTP with a token from the token endpoint."""
-    token = requests.get(f"{run.url}/v2/_berth/token", auth=(USER, PASSWORD),
+    token = requests.get(f"{run.url}/v2/_berth/token", auth=(user, password),
                          params={"service": "berth", "scope": f"repository:{name}:pull"}).json()["token"]
     r = requests.get(f"{run.url}/v2/{name}/manifests/{reference}",
                      headers={"Authorization": f"Bearer {token}",
@@ -228,3 +229,94 @@ def test_skopeo_and_podman_push_and_pull_small_layers_on_the_deployed_path(aws_r
     finally:
         pusher.cleanup()
         puller.cleanup()
+
+
+# ------------------------------------------------------------------------------------------------
+# The README's deploy section, its docker commands run as written
+# ------------------------------------------------------------------------------------------------
+
+
+def readme_deploy_docker_lines() -> list[str]:
+    """The README's "Deploying to AWS" block, from `docker login` to `docker pull`."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Deploying to AWS", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1).splitlines()
+    start = next(i for i, line in enumerate(block) if line.startswith("docker login"))
+    end = next(i for i, line in enumerate(block) if line.startswith("docker pull"))
+    return block[start:end + 1]
+
+
+def _interactive(command: str, env: dict, answers: dict, timeout: float = 60) -> str:
+    """Run `command` on a terminal (docker login prompts for what it is not given), typing
+    `answers[prompt]` when the prompt shows; return what it printed."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import time
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(["bash", "-c", command], stdin=slave, stdout=slave, stderr=slave,
+                            env=env, close_fds=True)
+    os.close(slave)
+    output, answered, deadline = b"", set(), time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.2)[0]:
+            try:
+                output += os.read(master, 4096)
+            except OSError:
+                break
+        for prompt, answer in answers.items():
+            if prompt not in answered and prompt.encode() in output:
+                os.write(master, answer.encode() + b"\n")
+                answered.add(prompt)
+    proc.wait(timeout=10)
+    os.close(master)
+    assert proc.returncode == 0, output.decode(errors="replace")
+    return output.decode(errors="replace")
+
+
+def test_the_readme_deploy_sections_docker_commands_work_as_written(aws_run, docker_engine, tmp_path):
+    """Against `BERTH_GATEWAY=aws make run` standing for the deployed API: REGISTRY is its address,
+    and `https://$REGISTRY` becomes `http://$REGISTRY` (no TLS locally): the one rewrite."""
+    import os
+    import socket
+    import subprocess
+    import time
+    from tests.conftest import ROOT
+    password = "alice-deploy-pw"
+    aws_run.berth("user", "add", "alice", "--password-stdin", stdin=password)
+    aws_run.berth("namespace", "add", "alice", "--owner", "alice")
+    docker_engine.build_image("small:v1", [1 * MiB], seed="readme-small")
+    docker_engine.build_image("big:v1", [40 * MiB], seed="readme-big")
+    env = docker_engine.env(REGISTRY=aws_run.host)
+    proxy = None
+    try:
+        for line in readme_deploy_docker_lines():
+            line = line.replace("https://$REGISTRY", "http://$REGISTRY")
+            command = line.split("#", 1)[0].strip()
+            if command.startswith("docker login"):
+                _interactive(command, env, {"Username": "alice", "Password": password})
+            elif command.endswith("&"):            # berth proxy, in the background
+                proxy = subprocess.Popen(["bash", "-c", f"exec {command[:-1]}"], cwd=ROOT, env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        socket.create_connection(("127.0.0.1", 5001), timeout=1).close()
+                        break
+                    except OSError:
+                        assert proxy.poll() is None and time.monotonic() < deadline, "proxy did not start"
+                        time.sleep(0.1)
+            else:
+                done = subprocess.run(["bash", "-c", command], cwd=ROOT, env=env,
+                                      capture_output=True, text=True, timeout=600)
+                assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+    assert docker_engine.repo_digest(f"{aws_run.host}/alice/small:v1")
+    big = skopeo_free_manifest(aws_run, "alice/big", "v1", user="alice", password=password)
+    assert big["layers"][0]["size"] > 40 * MiB

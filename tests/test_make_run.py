@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from tests.support.images import build_image
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
+              pytest.mark.needs("skopeo", "podman")]
 
 
 def test_it_prints_the_registry_and_moto_urls(make_run):
@@ -37,8 +36,6 @@ def test_skopeo_and_podman_round_trips_of_a_50_mib_image(make_run, tmp_path_fact
     got = layout_digests(work / "pulled", "v1")
     assert (got["manifest_digest"], got["config_digest"], got["layer_digests"]) == (
         img.manifest_digest, img.config_digest, img.layer_digests)
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
     pusher, puller = Podman(work / "push"), Podman(work / "pull")
     try:
         local = pusher.load_oci(img.path, img.tag, name="make-run")

@@ -170,7 +170,9 @@ def test_openapi_document_describes_every_endpoint(registry):
                 ("get", "namespaces"), ("post", "namespaces"),
                 ("delete", "namespaces/{namespace}"), ("get", "users"), ("post", "users"),
                 ("patch", "users/{username}"), ("get", "me"), ("put", "me/password"),
-                ("get", "me/tokens"), ("post", "me/tokens"), ("delete", "me/tokens/{id}")}
+                ("get", "me/tokens"), ("post", "me/tokens"), ("delete", "me/tokens/{id}"),
+                ("post", "session"), ("delete", "session"), ("get", "signup"),
+                ("post", "signup"), ("post", "invites"), ("get", "explore")}
     found = {(m, p[len(API) + 1:]) for p, ops in doc["paths"].items() for m in ops}
     assert expected <= found
     for path, ops in doc["paths"].items():
@@ -408,7 +410,8 @@ def test_sizes_and_counts_follow_push_retag_and_delete(registry, owner):
     assert tags["v1"]["digest"] == digest and tags["stable"]["digest"] == digest
     assert tags["v1"]["media_type"] == "application/vnd.oci.image.manifest.v1+json"
     assert tags["v1"]["size"] == image1 and tags["v2"]["size"] == m2 + len(config) + 1500
-    assert tags["v1"]["kind"] == "image" and tags["v1"]["platforms"] == []
+    # a single-architecture image shows its platform too, read from its config blob
+    assert tags["v1"]["kind"] == "image" and tags["v1"]["platforms"] == ["linux/amd64"]
     assert tags["v2"]["pull_command"].endswith(f"/{repo}:v2")
     # delete the first image by digest through the registry API: both its tags go
     r = client.delete(f"{registry}/v2/{repo}/manifests/{digest}")
@@ -533,19 +536,31 @@ def test_password_change(registry):
             400, "new_password")
     refused(api.put("me/password", {"new_password": "another long one"}), 400,
             "current_password")
+    other_tab = Api(registry, user)                  # a second console session of the user
     r = api.put("me/password", {"current_password": PASSWORD,
                                 "new_password": "another long one"})
     assert r.status_code == 200, r.text
     assert requests.get(f"{registry}/v2/_berth/token", auth=(user, PASSWORD)).status_code == 401
-    Api(registry, user, "another long one")
+    # every session opened with the old password ends with the change (issue 12, finding 7)
+    assert "ended" in refused(api.get("me"), 401)["message"]
+    refused(other_tab.get("me"), 401)
+    assert Api(registry, user, "another long one").get("me").status_code == 200
 
 
 def test_access_tokens_create_list_revoke(registry, owner):
-    r = owner.post("me/tokens", {"name": "ci", "scope": "pull"})
+    # minting a lasting token asks for the password again: a stolen session cannot (finding 7)
+    refused(owner.post("me/tokens", {"name": "ci", "scope": "push"}), 400, "password",
+            "REQUIRED")
+    refused(owner.post("me/tokens", {"name": "ci", "scope": "push",
+                                     "password": "not the password"}), 403, "password")
+    assert not [t for t in owner.get("me/tokens").json()["tokens"] if not t["revoked"]]
+    r = owner.post("me/tokens", {"name": "ci", "scope": "pull", "password": PASSWORD})
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["secret"].startswith("berth_") and created["scope"] == "pull"
-    refused(owner.post("me/tokens", {"name": "ci"}), 409, "name")
+    refused(owner.post("me/tokens", {"name": "ci", "password": created["secret"]}), 400,
+            "password")                                  # an access token is not the password
+    refused(owner.post("me/tokens", {"name": "ci", "password": PASSWORD}), 409, "name")
     refused(owner.post("me/tokens", {"name": "x", "scope": "admin"}), 400, "scope")
     refused(owner.post("me/tokens", {"name": "  "}), 400, "name")
     refused(owner.post("me/tokens", {"name": "n" * 101}), 400, "name")

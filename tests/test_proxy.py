@@ -3,11 +3,13 @@
 Three levels:
 - the piece arithmetic and HTTP behaviour against a small fake registry that records every
   request it gets (Content-Range values, Location following, de-chunking, monolithic uploads,
-  errors and auth passing through, HEAD, Expect: 100-continue, TLS refusal, 502);
+  the Content-Type of upload bodies, errors and auth passing through, HEAD, Expect:
+  100-continue, TLS refusal, 502), and the proxy's own login with what docker stores for the
+  upstream, against a fake token realm (scopes, caching, renewal, Basic, identity tokens);
 - Berth itself with Lambda's 6 MiB request limit emulated (`lambda_registry`), with requests;
 - the real skopeo and podman pushing an image with a 200 MiB incompressible layer: directly
   they fail with 413, through the proxy they succeed, and the proxy (in its own process) stays
-  in bounded memory.
+  in bounded memory. (The real docker engine: tests/test_e2e_docker_proxy.py.)
 """
 from __future__ import annotations
 
@@ -15,11 +17,9 @@ import hashlib
 import http.client
 import json
 import re
-import shutil
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,7 +37,6 @@ from berth_local.proxy import (Progress, UploadRecord, parse_listen, parse_size,
                                start_proxy)
 
 MiB, KiB = 1 << 20, 1 << 10
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def sha256(data: bytes) -> str:
@@ -87,6 +86,8 @@ class FakeRegistry:
         self.blobs: dict[str, bytes] = {}
         self.canned: dict[tuple[str, str], tuple[int, dict, bytes]] = {}
         self.fail_patch: dict[int, tuple[int, dict, bytes]] = {}   # n-th PATCH (1-based) -> answer
+        self.tokens: Optional["FakeTokenService"] = None   # set: every request needs its token
+        self.basic: Optional[str] = None                   # set: every request needs this Basic
         self.connections = 0
         self.lock = threading.Lock()
         fake = self
@@ -173,8 +174,13 @@ class FakeRegistry:
         canned = self.canned.get((seen.method, seen.path))
         if canned:
             return canned
+        refused = self._refuse_unauthorized(seen)
+        if refused:
+            return refused
         if self.max_body is not None and len(seen.body) > self.max_body:
             return 413, {"Content-Type": "application/json"}, b'{"errors":[{"code":"SIZE_INVALID"}]}'
+        if seen.path == "/v2/":
+            return 200, {"Content-Type": "application/json"}, b"{}"
         m = re.match(r"^/v2/(.+)/blobs/uploads/([^/]*)$", seen.path)
         if not m:
             return 404, {"Content-Type": "application/json"}, b'{"errors":[{"code":"NAME_UNKNOWN"}]}'
@@ -214,6 +220,98 @@ class FakeRegistry:
             del self.sessions[upload_id]
             return 201, {"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest}, b""
         return 405, {}, b""
+
+
+    def _refuse_unauthorized(self, seen: Seen) -> Optional[tuple[int, dict, bytes]]:
+        """Registry auth, distribution-style: a 401 with the challenge unless the request
+        carries a token granting push on its repository (any valid token for /v2/)."""
+        given = seen.headers.get("authorization", "")
+        if self.basic is not None:
+            if given == self.basic:
+                return None
+            return 401, {"WWW-Authenticate": 'Basic realm="fake"'}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+        if self.tokens is None:
+            return None
+        granted = self.tokens.scopes_of(given.removeprefix("Bearer "))
+        m = re.match(r"^/v2/(.+?)/(?:blobs|manifests)/", seen.path)
+        if granted is not None and (m is None or f"repository:{m.group(1)}:pull,push" in granted):
+            return None
+        challenge = f'Bearer realm="{self.tokens.url}/token",service="fake-registry"'
+        return 401, {"WWW-Authenticate": challenge, "Content-Type": "application/json"}, \
+            b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+
+
+class FakeTokenService:
+    """A token realm, distribution-style: GET with basic auth (or POST grant_type=refresh_token)
+    -> {"token", "expires_in"}; it records every request and the scopes of every token."""
+
+    def __init__(self, users: dict[str, str], refresh_tokens: tuple[str, ...] = (),
+                 expires_in: int = 300) -> None:
+        self.users, self.refresh_tokens, self.expires_in = users, refresh_tokens, expires_in
+        self.seen: list[tuple[str, dict[str, str], dict[str, list[str]]]] = []   # method, headers, params
+        self.issued: dict[str, tuple[str, ...]] = {}
+        self.lock = threading.Lock()
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode()) if length else {}
+                params = {**parse_qs(urlsplit(self.path).query), **form}
+                status, payload = service.answer(self.command, dict(self.headers.items()), params)
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+
+    def answer(self, method: str, headers: dict[str, str], params: dict[str, list[str]]) -> tuple[int, dict]:
+        with self.lock:
+            self.seen.append((method, headers, params))
+        if params.get("service") != ["fake-registry"]:
+            return 400, {"error": "wrong service"}
+        if method == "POST":
+            ok = params.get("grant_type") == ["refresh_token"] and \
+                params.get("refresh_token", [""])[0] in self.refresh_tokens
+            scopes = tuple(params.get("scope", [""])[0].split())
+        else:
+            import base64
+            auth = headers.get("Authorization", "")
+            user, _, password = base64.b64decode(auth.removeprefix("Basic ") or b"").decode().partition(":")
+            ok = auth.startswith("Basic ") and self.users.get(user) == password
+            scopes = tuple(params.get("scope", []))
+        if not ok:
+            return 401, {"details": "bad credentials"}
+        token = uuid.uuid4().hex
+        with self.lock:
+            self.issued[token] = scopes
+        return 200, {"token": token, "expires_in": self.expires_in}
+
+    def scopes_of(self, token: str) -> Optional[tuple[str, ...]]:
+        with self.lock:
+            return self.issued.get(token)
+
+    def revoke_all(self) -> None:
+        with self.lock:
+            self.issued.clear()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @pytest.fixture
@@ -294,18 +392,57 @@ def test_a_body_of_whole_pieces_sends_no_empty_patch(proxied):
     assert ranges(fake.requests("PATCH")) == ["0-999", "1000-1999"]
 
 
-def test_small_bodies_pass_through_unchanged(proxied):
+def test_small_bodies_pass_through_whole(proxied):
     fake, base = proxied
     data = pseudo_random(1000, seed=4)        # exactly one piece
     location = requests.post(f"{base}/v2/app/blobs/uploads/").headers["Location"]
-    answer = requests.patch(base + location, data=data, headers={"Content-Type": "x/y"})
+    answer = requests.patch(base + location, data=data)
     assert answer.status_code == 202
     [patch] = fake.requests("PATCH")
-    assert patch.headers.get("content-range") is None and patch.headers["content-type"] == "x/y"
-    assert patch.body == data
+    assert patch.headers.get("content-range") is None and patch.body == data
     small = requests.post(f"{base}/v2/app/blobs/uploads/?digest={sha256(b'tiny')}", data=b"tiny")
     assert small.status_code == 201
     assert [(s.method, s.body) for s in fake.requests("POST")][-1] == ("POST", b"tiny")
+
+
+def send_raw(base: str, method: str, target: str, body: bytes, extra: str = "") -> int:
+    """A request with exactly the headers given (requests would add its own), as dockerd sends
+    layer bodies: no Content-Type at all. Returns the status."""
+    host, port = urlsplit(base).hostname, urlsplit(base).port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        reply = sock.makefile("rb").readline()
+    return int(reply.split()[1])
+
+
+def test_every_upload_body_goes_upstream_as_octet_stream(proxied):
+    """dockerd sends layer bodies without Content-Type; API Gateway would pass them to Lambda as
+    text. Whole or cut, with or without a type from the client, they leave as binary."""
+    fake, base = proxied
+    small, big = pseudo_random(700, seed=40), pseudo_random(2500, seed=41)
+    for data in (small, big):
+        location = requests.post(f"{base}/v2/app/blobs/uploads/").headers["Location"]
+        assert send_raw(base, "PATCH", location, data) == 202
+        done = requests.put(f"{base}/v2/app/blobs/uploads/{location.split('/')[-1].split('?')[0]}"
+                            f"?_state=9&digest={sha256(data)}")
+        assert done.status_code == 201, done.text
+    assert send_raw(base, "POST", f"/v2/app/blobs/uploads/?digest={sha256(small)}", small) == 201
+    assert send_raw(base, "POST", f"/v2/app/blobs/uploads/?digest={sha256(big)}", big) == 201
+    location = requests.post(f"{base}/v2/app/blobs/uploads/").headers["Location"]
+    assert send_raw(base, "PUT", f"{location}&digest={sha256(small)}", small,
+                    extra="Content-Type: text/plain\r\n") == 201
+    with_body = [s for s in fake.requests() if s.body]
+    assert [s.method for s in with_body] == ["PATCH"] + ["PATCH"] * 3 + ["POST"] + ["PATCH"] * 3 + ["PUT"]
+    assert all(s.headers.get("content-type") == "application/octet-stream" for s in with_body), \
+        [(s.method, s.headers.get("content-type")) for s in with_body]
+    assert fake.blobs[sha256(small)] == small and fake.blobs[sha256(big)] == big
+    # requests without a body, and bodies that are no blob, keep what the client sent
+    manifest = requests.put(f"{base}/v2/app/manifests/v1", data=b"{}",
+                            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    assert manifest.status_code == 404     # the fake has no manifests; what matters is what it got
+    assert fake.requests("PUT")[-1].headers["content-type"] == "application/vnd.oci.image.manifest.v1+json"
+    assert "content-type" not in fake.requests("POST")[0].headers
 
 
 def test_a_monolithic_post_becomes_post_pieces_put(proxied):
@@ -426,6 +563,157 @@ def test_auth_challenges_and_redirects_pass_through_untouched(proxied):
     assert r.headers["Location"] == "/v2/app/manifests/sha256:bb?x=1" and r.content == b"{}"
 
 
+# ----------------------------------------------------------------------------------------------
+# The login docker stores for the upstream
+# ----------------------------------------------------------------------------------------------
+
+
+def docker_config(tmp_path: Path, auths: dict) -> Path:
+    folder = tmp_path / "docker-config"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"auths": auths}))
+    return folder
+
+
+def basic(user: str, password: str) -> str:
+    import base64
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def token_service():
+    service = FakeTokenService({"alice": "alice pw"})
+    yield service
+    service.stop()
+
+
+def test_a_client_without_credentials_is_logged_in_with_dockers_login_for_the_upstream(fake, token_service,
+                                                                                       tmp_path):
+    fake.tokens = token_service
+    host = f"127.0.0.1:{fake.port}"
+    config = docker_config(tmp_path, {host: {"auth": basic("alice", "alice pw")},
+                                      "127.0.0.1:1": {"auth": basic("mallory", "x")}})
+    server, port = start_proxy(fake.url, chunk_size=1000, docker_config=config)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert requests.get(f"{base}/v2/").status_code == 200     # docker then sends no credentials
+        data = pseudo_random(2500, seed=50)
+        opened = requests.post(f"{base}/v2/team/app/blobs/uploads/")
+        assert opened.status_code == 202, opened.text
+        patched = send_raw(base, "PATCH", opened.headers["Location"], data)
+        assert patched == 202
+        location = fake.requests("PATCH")[-1]
+        done = requests.put(f"{base}/v2/team/app/blobs/uploads/{location.path.rsplit('/', 1)[1]}"
+                            f"?_state=3&digest={sha256(data)}")
+        assert done.status_code == 201, done.text
+        assert fake.blobs[sha256(data)] == data
+        mount = requests.post(f"{base}/v2/team/app/blobs/uploads/?mount={sha256(data)}&from=team/base")
+        assert mount.status_code == 202
+    finally:
+        server.stop()
+    # no request but the proxy's probe of the challenge reached the registry without a token
+    seen = fake.requests()
+    assert [(s.method, s.path) for s in seen if "authorization" not in s.headers] == [("GET", "/v2/")]
+    assert all(s.headers["authorization"].startswith("Bearer ") for s in seen if "authorization" in s.headers)
+    # alice's password went to the realm only, with the scopes each request needed, once per scope
+    asked = [(method, headers["Authorization"], params.get("scope", []))
+             for method, headers, params in token_service.seen]
+    assert asked == [("GET", "Basic " + basic("alice", "alice pw"), []),
+                     ("GET", "Basic " + basic("alice", "alice pw"), ["repository:team/app:pull,push"]),
+                     ("GET", "Basic " + basic("alice", "alice pw"),
+                      ["repository:team/app:pull,push", "repository:team/base:pull"])]
+    assert all("alice pw" not in str(s.headers) and basic("alice", "alice pw") not in str(s.headers)
+               for s in fake.requests())
+
+
+def test_tokens_are_renewed_before_they_expire_and_after_a_401(fake, tmp_path):
+    service = FakeTokenService({"alice": "alice pw"}, expires_in=2)
+    fake.tokens = service
+    config = docker_config(tmp_path, {f"http://127.0.0.1:{fake.port}/v1/": {"auth": basic("alice", "alice pw")}})
+    server, port = start_proxy(fake.url, chunk_size=1000, docker_config=config)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        location = requests.post(f"{base}/v2/app/blobs/uploads/").headers["Location"]
+        assert requests.get(base + location).status_code == 204
+        assert len(service.seen) == 1                      # the same token for both
+        time.sleep(2)
+        assert requests.get(base + location).status_code == 204
+        assert len(service.seen) == 2                      # renewed before it lapsed
+        service.revoke_all()                               # e.g. the registry's key was rotated
+        answer = requests.patch(base + location, data=pseudo_random(2100, seed=51))
+        assert answer.status_code == 202, answer.text      # the first piece was retried with a new token
+        assert len(service.seen) == 3
+        assert ranges(fake.requests("PATCH")) == ["0-999", "0-999", "1000-1999", "2000-2099"]
+        assert [s.headers.get("authorization") is not None for s in fake.requests("PATCH")] == [True] * 4
+    finally:
+        server.stop()
+        service.stop()
+
+
+def test_a_client_with_its_own_credentials_is_forwarded_unchanged(fake, token_service, tmp_path):
+    fake.tokens = token_service
+    config = docker_config(tmp_path, {f"127.0.0.1:{fake.port}": {"auth": basic("alice", "alice pw")}})
+    server, port = start_proxy(fake.url, docker_config=config)
+    try:
+        answer = requests.get(f"http://127.0.0.1:{port}/v2/", headers={"Authorization": "Bearer theirs"})
+        assert answer.status_code == 401 and 'realm="http://127.0.0.1:' in answer.headers["WWW-Authenticate"]
+        assert fake.requests()[-1].headers["authorization"] == "Bearer theirs"
+        assert token_service.seen == []
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("auths", [{}, {"127.0.0.1:1": {"auth": basic("alice", "alice pw")}},
+                                   "wrong password"])
+def test_without_a_usable_login_the_upstream_challenge_reaches_the_client(fake, token_service, tmp_path,
+                                                                         auths, caplog):
+    fake.tokens = token_service
+    wrong_password = auths == "wrong password"
+    if wrong_password:
+        auths = {f"127.0.0.1:{fake.port}": {"auth": basic("alice", "not it")}}
+    server, port = start_proxy(fake.url, docker_config=docker_config(tmp_path, auths))
+    try:
+        answer = requests.post(f"http://127.0.0.1:{port}/v2/app/blobs/uploads/")
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"] == \
+            f'Bearer realm="{token_service.url}/token",service="fake-registry"'
+    finally:
+        server.stop()
+    if wrong_password:
+        assert f"run `docker login 127.0.0.1:{fake.port}`" in caplog.text
+        assert "not it" not in caplog.text and basic("alice", "not it") not in caplog.text
+        assert len(token_service.seen) == 1     # refused once: not asked again at every request
+    else:
+        assert token_service.seen == []
+
+
+def test_a_basic_auth_upstream_gets_the_stored_credentials(fake, tmp_path):
+    fake.basic = "Basic " + basic("alice", "alice pw")
+    config = docker_config(tmp_path, {f"127.0.0.1:{fake.port}": {"username": "alice", "password": "alice pw"}})
+    server, port = start_proxy(fake.url, docker_config=config)
+    try:
+        assert requests.post(f"http://127.0.0.1:{port}/v2/app/blobs/uploads/").status_code == 202
+        assert fake.requests("POST")[-1].headers["authorization"] == fake.basic
+    finally:
+        server.stop()
+
+
+def test_an_identity_token_is_used_as_a_refresh_token(fake, tmp_path):
+    service = FakeTokenService({}, refresh_tokens=("refresh-me",))
+    fake.tokens = service
+    config = docker_config(tmp_path, {f"127.0.0.1:{fake.port}": {"identitytoken": "refresh-me"}})
+    server, port = start_proxy(fake.url, docker_config=config)
+    try:
+        assert requests.post(f"http://127.0.0.1:{port}/v2/app/blobs/uploads/").status_code == 202
+    finally:
+        server.stop()
+        service.stop()
+    [(method, headers, params)] = service.seen
+    assert method == "POST" and "Authorization" not in headers
+    assert params["grant_type"] == ["refresh_token"] and params["scope"] == ["repository:app:pull,push"]
+    assert params["client_id"] == ["berth-proxy"]
+
+
 def test_head_keeps_content_length_and_sends_no_body(proxied):
     fake, base = proxied
     fake.canned[("HEAD", "/v2/app/blobs/sha256:cc")] = (
@@ -503,7 +791,7 @@ def test_a_connection_the_upstream_closed_while_idle_is_replaced(fake):
         server.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest.mark.needs("openssl")
 def test_an_https_upstream(tmp_path):
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -649,8 +937,8 @@ def test_berth_behind_a_lambda_limit_takes_a_big_blob_through_the_proxy(lambda_r
 # The real clients, with a 200 MiB layer
 # ----------------------------------------------------------------------------------------------
 
-needs_skopeo = pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
-needs_podman = pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")
+needs_skopeo = pytest.mark.needs("skopeo")
+needs_podman = pytest.mark.needs("podman")
 
 
 def _creds() -> str:
@@ -667,29 +955,11 @@ def huge_image(image_cache):
 @pytest.fixture
 def proxy_process(lambda_registry, tmp_path):
     """`berth proxy` in its own process (so its memory can be measured) in front of Berth."""
-    from berth_local.backend import free_port
-    port = free_port()
+    from tests.support.berth_proxy import berth_proxy
     log_path = tmp_path / "proxy.log"
-    with open(log_path, "wb") as log:
-        # `python -m berth_local.cli` would run cli.py as __main__, a second copy of the module
-        # that subcommand modules do not register into; go through the importable module.
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from berth_local.cli import main; sys.exit(main())",
-             "proxy", "--upstream", lambda_registry, "--listen", f"127.0.0.1:{port}", "--quiet"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"berth proxy did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)
-    yield proc, f"127.0.0.1:{port}", log_path
-    proc.terminate()
-    proc.wait(timeout=10)
+    with berth_proxy(lambda_registry, log_path, "--quiet", docker_config=tmp_path / "no-docker-login") \
+            as (proc, host):
+        yield proc, host, log_path
 
 
 def _vm_hwm_mib(pid: int) -> float:

@@ -8,7 +8,6 @@ when set (kept across sessions; layouts are rebuilt only when their parameters c
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 
 import pytest
@@ -20,15 +19,9 @@ from tests.support.images import OCI_INDEX, build_image, build_index
 from tests.support.refregistry import RecordingProxy, RefRegistry
 
 MiB, KiB = 1 << 20, 1 << 10
-_missing = [t for t in ("skopeo", "docker-registry") if shutil.which(t) is None]
-needs_podman = pytest.mark.skipif(shutil.which("podman") is None,
-                                  reason="podman is not installed (apt-get install podman)")
+needs_podman = pytest.mark.needs("podman")
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(bool(_missing), reason=f"e2e self-check needs {' and '.join(_missing)} "
-                       f"(apt-get install skopeo docker-registry)"),
-]
+pytestmark = [pytest.mark.e2e, pytest.mark.needs("skopeo", "docker-registry")]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Optional
 
 from chalicelib.api.router import API, CATALOG, PUBLIC, SIGNED_IN, Request, Route
-from chalicelib.auth import tokens
+from chalicelib.auth import refusals, tokens
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
 from chalicelib.config import settings
 from chalicelib.errors import RegistryError
@@ -48,12 +48,29 @@ def challenge(request: Request, route: Route, error: Optional[str]) -> RegistryE
         parts.append(f'scope="{scope}"')
     if error:
         parts.append(f'error="{error}"')
-    header = {"WWW-Authenticate": "Bearer " + ",".join(parts)}
     if error == "insufficient_scope":
-        return RegistryError("DENIED", "requested access to the resource is denied", status=401,
-                             headers=header, detail={"scope": scope})
+        why = _refusal(request, route)
+        if why is not None:   # docker shows error_description; HEAD answers have no body
+            parts.append(f'error_description="{_quotable(why.message)}"')
+        header = {"WWW-Authenticate": "Bearer " + ",".join(parts)}
+        return RegistryError(why.code if why else "DENIED", why.message if why else None,
+                             status=401, headers=header, detail={"scope": scope})
+    header = {"WWW-Authenticate": "Bearer " + ",".join(parts)}
     return RegistryError("UNAUTHORIZED", "authentication required", headers=header,
                          detail={"scope": scope} if scope else None)
+
+
+def _refusal(request: Request, route: Route) -> Optional[refusals.Refusal]:
+    """Why a repository action was refused, worded for the user (chalicelib/auth/refusals.py)."""
+    if route.action not in (PULL, PUSH, DELETE) or request.grants is None:
+        return None
+    return refusals.explain(request.grants.subject, request.params["name"], route.action,
+                            base_url(request))
+
+
+def _quotable(text: str) -> str:
+    """`text` fit for a quoted-string header parameter: it may echo the request's Host and path."""
+    return "".join(c for c in text if " " <= c <= "~" and c not in '"\\')
 
 
 def _bearer_token(request: Request) -> Optional[str]:

@@ -32,7 +32,7 @@ def get_blob(request: Request) -> Response:
         # A presigned URL is bound to one method, so HEAD answers from metadata.
         headers["Content-Length"] = str(int(link.size))
         return Response(body="", status_code=200, headers=headers)
-    headers["Location"] = blobstore.presigned_get_url(blobstore.blob_key(digest))
+    headers["Location"] = blobstore.presigned_get_url(metadata.object_key(digest, link))
     return empty(307, headers)
 
 

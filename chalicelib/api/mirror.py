@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from typing import Optional
+from typing import Optional, Tuple
 
 from chalice import Response
 
@@ -154,37 +154,39 @@ def _revalidated(name: str, tag: str, cached) -> None:
 
 # ---------------------------------------------------------------- blobs
 
-def _linked(request: Request, digest: str) -> Optional[int]:
-    """Size of the blob once it is stored and linked into this repository (linking a blob Berth
-    already has, e.g. from another repository, costs no upstream request)."""
+def _linked(request: Request, digest: str) -> Optional[Tuple[int, str]]:
+    """Size and S3 key of the blob once it is stored and linked into this repository (linking a
+    blob Berth already has, e.g. from another repository, costs no upstream request)."""
     link = metadata.get_link(request.name, digest)
     if link is not None:
-        return int(link.size)
+        return int(link.size), metadata.object_key(digest, link)
     blob = metadata.get_blob(digest)
     if blob is None or blob.state is not None:
         return None
+    key = metadata.object_key(digest, blob)
     try:
-        metadata.add_link(request.name, digest, int(blob.size))
+        metadata.add_link(request.name, digest, int(blob.size), key)
     except RegistryError:
         return None
     mirrors.hold_blob(request.name, digest)
-    return int(blob.size)
+    return int(blob.size), key
 
 
-def _stored_answer(request: Request, digest: str, size: int) -> Response:
+def _stored_answer(request: Request, digest: str, stored: Tuple[int, str]) -> Response:
+    size, key = stored
     headers = {"Docker-Content-Digest": digest}
     if request.method == "HEAD":
         headers["Content-Length"] = str(size)
         return Response(body="", status_code=200, headers=headers)
-    headers["Location"] = blobstore.presigned_get_url(blobstore.blob_key(digest))
+    headers["Location"] = blobstore.presigned_get_url(key)
     return empty(307, headers)
 
 
 def serve_blob(request: Request, rule: Rule, digest: str) -> Response:
     """A blob GET/HEAD in a mirrored repository that has no link to it yet."""
-    size = _linked(request, digest)
-    if size is not None:
-        return _stored_answer(request, digest, size)
+    stored = _linked(request, digest)
+    if stored is not None:
+        return _stored_answer(request, digest, stored)
     upstream = upstream_of(rule)
     upstream_repo = rule.upstream_name(request.name)
     try:
@@ -196,7 +198,7 @@ def serve_blob(request: Request, rule: Rule, digest: str) -> Response:
         if small:
             if mirrors.claim_copy(digest, SYNC_LEASE):
                 try:
-                    copy_blob(rule, request.name, digest)
+                    copy_blob(rule, request.name, digest, in_request=True)
                 finally:
                     mirrors.release_copy(digest)
         else:
@@ -211,27 +213,32 @@ def serve_blob(request: Request, rule: Rule, digest: str) -> Response:
             raise RegistryError("BLOB_UNKNOWN", f"not found upstream at {rule.upstream}",
                                 detail={"digest": digest, "upstream": rule.upstream}) from None
         raise client_error(rule, error) from None
-    size = _wait_for_copy(request, digest)
-    if size is None:
+    stored = _wait_for_copy(request, digest)
+    if stored is None:
         raise RegistryError("UNAVAILABLE", f"the blob is being copied from {rule.upstream}; "
                             "retry shortly", detail={"digest": digest, "upstream": rule.upstream},
                             headers={"Retry-After": "10"})
-    return _stored_answer(request, digest, size)
+    return _stored_answer(request, digest, stored)
 
 
-def _wait_for_copy(request: Request, digest: str) -> Optional[int]:
+def _wait_for_copy(request: Request, digest: str) -> Optional[Tuple[int, str]]:
     deadline = time.monotonic() + wait_budget()
     while True:
-        size = _linked(request, digest)
-        if size is not None or time.monotonic() > deadline:
-            return size
+        stored = _linked(request, digest)
+        if stored is not None or time.monotonic() > deadline:
+            return stored
         time.sleep(0.25)
 
 
-def copy_blob(rule: Rule, repository: str, digest: str) -> int:
+def copy_blob(rule: Rule, repository: str, digest: str, in_request: bool = False) -> int:
     """Copy one blob from upstream into S3, verified against its digest before it becomes
     visible (the multipart upload completes, or the object is put, only after the hash matched);
-    then link it into `repository` and hold it. Returns its size."""
+    then link it into `repository` and hold it. Returns its size.
+
+    The copy is written at the blob's content address: a crash between writing and recording
+    leaves an object the GC's orphan sweep finds there (gc.collect_blob). `in_request`: a copy of
+    at most BERTH_MIRROR_SYNC_COPY_MAX bytes, put in one PutObject, so the API function never
+    starts (nor has to abort) a multipart upload; bigger ones are the copy function's."""
     answer = upstream_of(rule).open_blob(rule.upstream_name(repository), digest)
     algorithm = oci.parse_digest(digest)[0]
     hasher = oci.new_hasher(algorithm)
@@ -243,7 +250,10 @@ def copy_blob(rule: Rule, repository: str, digest: str) -> int:
             hasher.update(chunk)
             size += len(chunk)
             pending += chunk
-            if len(pending) >= PART:
+            if in_request and size > sync_copy_max():
+                raise UpstreamError("invalid", f"the blob from {rule.upstream} is bigger than "
+                                    "its announced size")
+            if not in_request and len(pending) >= PART:
                 mpu = mpu or blobstore.create_multipart(key)
                 parts.append((len(parts) + 1, blobstore.upload_part(key, mpu, len(parts) + 1,
                                                                     bytes(pending))))
@@ -256,12 +266,13 @@ def copy_blob(rule: Rule, repository: str, digest: str) -> int:
             parts.append((len(parts) + 1, blobstore.upload_part(key, mpu, len(parts) + 1,
                                                                 bytes(pending))))
 
-        def write_object() -> None:
+        def write_object() -> str:
             if mpu:
                 blobstore.complete_multipart(key, mpu, parts)
             else:
                 blobstore.put_object(key, bytes(pending))
             done["written"] = True
+            return key
         metadata.publish_blob(repository, digest, size, write_object)
     finally:
         if mpu and not done["written"]:
@@ -277,8 +288,11 @@ def start_async_copy(rule: Rule, repository: str, digest: str) -> None:
     function = os.environ.get("BERTH_MIRROR_COPY_FUNCTION")
     if function:
         import boto3
-        boto3.client("lambda").invoke(FunctionName=function, InvocationType="Event",
-                                      Payload=json.dumps(event).encode())
+        from chalicelib.config import settings
+        cfg = settings()
+        invoker = boto3.client("lambda", region_name=cfg.region, endpoint_url=cfg.endpoint)
+        invoker.invoke(FunctionName=function, InvocationType="Event",
+                       Payload=json.dumps(event).encode())
         return
     threading.Thread(target=copy_event, args=(event,), daemon=True,
                      name=f"mirror-copy-{digest[7:19]}").start()

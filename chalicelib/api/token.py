@@ -20,7 +20,6 @@ from chalicelib.auth import accounts, tokens
 from chalicelib.auth.scopes import API, PUSH, Scope, parse_scope
 from chalicelib.config import settings
 from chalicelib.errors import RegistryError
-from chalicelib.storage import mirrors
 
 
 def _basic_credentials(request: Request) -> Optional[Tuple[str, str]]:
@@ -72,8 +71,8 @@ def _grant(principal, requested: List[Scope]) -> List[Scope]:
             continue
         if not oci.is_valid_name(scope.name):
             continue
-        if (principal is not None and principal.admin and PUSH in scope.actions
-                and mirrors.rule_for(scope.name) is None):    # a mirror takes no pushes
+        if principal is not None and principal.admin and PUSH in scope.actions and \
+                PUSH in accounts.permitted_actions(principal, scope.name):   # not a pull token
             _create_namespace_for_admin(principal.username, scope.name)
         allowed = scope.actions & accounts.permitted_actions(principal, scope.name)
         if allowed:
@@ -91,9 +90,18 @@ def _create_namespace_for_admin(admin: str, repository: str) -> None:
             pass   # created concurrently: fine
 
 
-def _issue(subject: Optional[str], granted: List[Scope]) -> dict:
-    api = any((s.type, s.name) == API[:2] for s in granted)
-    return tokens.issue(subject, granted, ttl=API_TOKEN_TTL if api else None)
+def _issue(principal, granted: List[Scope]) -> dict:
+    subject = principal.username if principal else None
+    if any((s.type, s.name) == API[:2] for s in granted):
+        return console_session(principal)
+    return tokens.issue(subject, granted)
+
+
+def console_session(principal) -> dict:
+    """A `berth:api:*` token for a user who logged in with their password: it carries the user's
+    session version, so sign-out or a password change ends it before it expires."""
+    return tokens.issue(principal.username, [Scope(*API[:2], frozenset({"*"}))],
+                        ttl=API_TOKEN_TTL, session_version=principal.session_version)
 
 
 def _check_service(service: Optional[str]) -> None:
@@ -121,7 +129,7 @@ def get_token(request: Request) -> Response:
         raise RegistryError("UNAUTHORIZED", "account does not match the credentials")
     principal = _login(request, credentials)
     granted = _grant(principal, _scopes(request.query.get("scope", [])))
-    return json_response(_issue(principal.username if principal else None, granted))
+    return json_response(_issue(principal, granted))
 
 
 @route("POST", TOKEN_PATH, "/v2/_berth/token", PUBLIC)
@@ -145,7 +153,7 @@ def post_token(request: Request) -> Response:
                              status=400)
     principal = _login(request, (field("username"), field("password")))
     granted = _grant(principal, _scopes(form.get("scope", [])))
-    answer = _issue(principal.username, granted)
+    answer = _issue(principal, granted)
     return json_response({"access_token": answer["access_token"],
                           "expires_in": answer["expires_in"], "issued_at": answer["issued_at"],
                           "scope": " ".join(str(s) for s in granted)})

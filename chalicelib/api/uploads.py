@@ -35,7 +35,7 @@ def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Res
     if link is None:
         return None
     try:
-        metadata.add_link(request.name, digest, int(link.size))
+        metadata.add_link(request.name, digest, int(link.size), link.key)
     except metadata.BlobBeingDeleted:
         return None   # being garbage-collected: the client uploads it again, as for any miss
     return _created(request.name, digest)
@@ -95,7 +95,13 @@ def finish_upload(request: Request) -> Response:
     if not digest:
         raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
     oci.check_digest(digest)
-    uploads.commit(session, digest, request.body)
+    body = request.body
+    try:
+        start = _chunk_start(request, len(body)) if body else None
+    except RegistryError as error:
+        error.headers.update(_session_headers(session))
+        raise
+    uploads.commit(session, digest, body, start)
     return _created(request.name, digest)
 
 

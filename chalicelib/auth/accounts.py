@@ -16,9 +16,9 @@ from chalicelib.auth import passwords
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
 from chalicelib.storage import mirrors
 from chalicelib.storage.metadata import connection
-from chalicelib.storage.models import (REPOS_PK, USERS_PK, AccessTokenItem, LoginFailureItem,
-                                       MembershipItem, NamespaceItem, RepoItem, UserIndexItem,
-                                       UserItem, ns_pk, user_pk)
+from chalicelib.storage.models import (REPOS_PK, USERS_PK, AccessTokenItem, InviteItem,
+                                       LoginFailureItem, MembershipItem, NamespaceItem, RepoItem,
+                                       UserIndexItem, UserItem, ns_pk, user_pk)
 
 ROLES = {"owner": frozenset({PULL, PUSH, DELETE}), "push": frozenset({PULL, PUSH, DELETE}),
          "pull": frozenset({PULL})}
@@ -29,6 +29,9 @@ THROTTLE_WINDOW = 15 * 60
 USER_FAILURE_LIMIT = 5
 ADDRESS_FAILURE_LIMIT = 20
 PASSWORD_MIN = 8
+SIGNUP_MODES = ("closed", "invite", "open")
+SIGNUP_ADDRESS_LIMIT = 20      # sign-up attempts per address in one throttling window
+INVITE_TTL = 7 * 24 * 3600
 
 
 class AccountError(Exception):
@@ -47,6 +50,12 @@ class Principal:
     username: str
     admin: bool
     token_scope: Optional[FrozenSet[str]] = None
+    session_version: int = 0
+
+
+def session_version(user: UserItem) -> int:
+    """The version a console session of this user must carry to be valid."""
+    return int(user.session_version or 0)
 
 
 # ---------------------------------------------------------------- users
@@ -71,15 +80,79 @@ def create_user(username: str, password: str, *, admin: bool = False,
         raise AccountError(f"invalid user name {username!r}: use 1-64 characters of a-z, 0-9, "
                            "'.', '_' and '-', starting and ending with a letter or digit")
     _check_password_strength(password)
-    user = UserItem(user_pk(username), "user", created=time.time(), admin=admin, disabled=False,
-                    password_hash=passwords.hash_password(password, log2_n=log2_n))
+    user = _new_user(username, password, admin, log2_n)
     try:
         with TransactWrite(connection=connection()) as tx:
-            tx.save(user, condition=UserItem.pk.does_not_exist())
-            tx.save(UserIndexItem(USERS_PK, username))
+            _save_user(tx, user)
     except TransactWriteError as exc:
         if "ConditionalCheckFailed" in str(exc.cancellation_reasons or exc):
             raise AccountError(f"user {username!r} already exists") from None
+        raise
+    return user
+
+
+def _new_user(username: str, password: str, admin: bool, log2_n: int) -> UserItem:
+    return UserItem(user_pk(username), "user", created=time.time(), admin=admin, disabled=False,
+                    session_version=0,
+                    password_hash=passwords.hash_password(password, log2_n=log2_n))
+
+
+def _save_user(tx: TransactWrite, user: UserItem) -> None:
+    tx.save(user, condition=UserItem.pk.does_not_exist())
+    tx.save(UserIndexItem(USERS_PK, user.pk[len("user#"):]))
+
+
+# ---------------------------------------------------------------- self-service sign-up
+
+def create_invite(admin: str, now: Optional[float] = None) -> Tuple[str, float]:
+    """A single-use sign-up code (BERTH_SIGNUP=invite), stored as its SHA-256 only; shown once."""
+    now = time.time() if now is None else now
+    code = secrets.token_urlsafe(18)
+    expires = now + INVITE_TTL
+    InviteItem(f"invite#{_token_hash(code)}", "invite", created_by=admin, created=now,
+               expires=int(expires)).save()
+    return code, expires
+
+
+def count_signup_attempt(address: Optional[str]) -> None:
+    """Bound self-service sign-ups per address (each costs a password hash and creates an
+    account): LoginThrottled past SIGNUP_ADDRESS_LIMIT attempts in one window."""
+    if address:
+        _refuse_if_throttled("signup", address, SIGNUP_ADDRESS_LIMIT)
+        _record_failure("signup", address)
+
+
+def sign_up(username: str, password: str, namespace: str, invite: Optional[str] = None,
+            log2_n: int = passwords.DEFAULT_LOG2_N) -> UserItem:
+    """Create a user and its first namespace in one transaction (activation by a newcomer), using
+    up `invite` if given: nothing is written unless all of it is."""
+    if not oci.is_valid_username(username):
+        raise AccountError("a user name is 1-64 characters of a-z, 0-9, '.', '_' and '-', "
+                           "starting and ending with a letter or digit")
+    if not oci.is_valid_namespace(namespace):
+        raise AccountError(NAMESPACE_RULE)
+    _check_password_strength(password)
+    user = _new_user(username, password, False, log2_n)
+    item = NamespaceItem(ns_pk(namespace), "ns", owner=username, created=time.time(),
+                         public=False)
+    try:
+        with TransactWrite(connection=connection()) as tx:
+            _save_user(tx, user)
+            tx.save(item, condition=NamespaceItem.pk.does_not_exist())
+            _save_membership(tx, namespace, username, "owner")
+            if invite is not None:
+                tx.update(InviteItem(f"invite#{_token_hash(invite)}", "invite"),
+                          actions=[InviteItem.used_by.set(username)],
+                          condition=InviteItem.pk.exists() & InviteItem.used_by.does_not_exist()
+                          & (InviteItem.expires > int(time.time())))
+    except TransactWriteError as exc:
+        reasons = [getattr(r, "code", None) for r in (exc.cancellation_reasons or [])]
+        if "ConditionalCheckFailed" in reasons[:1]:
+            raise AccountError(f"user name {username!r} is already taken") from None
+        if "ConditionalCheckFailed" in reasons[2:3]:
+            raise AccountError(f"namespace {namespace!r} is already taken") from None
+        if reasons[-1:] == ["ConditionalCheckFailed"] and invite is not None:
+            raise AccountError("this invitation is not valid: unknown, used or expired") from None
         raise
     return user
 
@@ -101,7 +174,12 @@ def set_password(username: str, password: str,
     _check_password_strength(password)
     user = _existing_user(username)
     user.update(actions=[UserItem.password_hash.set(
-        passwords.hash_password(password, log2_n=log2_n))])
+        passwords.hash_password(password, log2_n=log2_n)), UserItem.session_version.add(1)])
+
+
+def end_sessions(username: str) -> None:
+    """Sign out: every console session of the user stops working at its next call."""
+    _existing_user(username).update(actions=[UserItem.session_version.add(1)])
 
 
 def set_user_flags(username: str, *, disabled: Optional[bool] = None,
@@ -144,11 +222,14 @@ def get_namespace(namespace: str) -> Optional[NamespaceItem]:
         return None
 
 
+NAMESPACE_RULE = ("a namespace is lowercase letters (a-z) and digits, optionally separated by "
+                  "'.', '_', '__' or '-', at most 64 characters")
+
+
 def create_namespace(namespace: str, owner: str, *, public: bool = False) -> NamespaceItem:
     """Create a namespace owned by `owner` (activation); namespaces are globally unique."""
     if not oci.is_valid_namespace(namespace):
-        raise AccountError(f"invalid namespace {namespace!r}: lowercase letters and digits, "
-                           "optionally separated by '.', '_', '__' or '-', at most 64 characters")
+        raise AccountError(f"invalid namespace {namespace!r}: {NAMESPACE_RULE}")
     _existing_user(owner)
     item = NamespaceItem(ns_pk(namespace), "ns", owner=owner, created=time.time(), public=public)
     try:
@@ -279,7 +360,7 @@ def authenticate(username: str, password: str, address: Optional[str]) -> Princi
         raise AccountError("incorrect username or password")
     if user.disabled:
         raise AccountError(f"user {username!r} is disabled")
-    return Principal(username, bool(user.admin), scope)
+    return Principal(username, bool(user.admin), scope, session_version(user))
 
 
 def _window() -> int:

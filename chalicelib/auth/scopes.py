@@ -41,6 +41,7 @@ class Grants:
     repositories: Dict[str, FrozenSet[str]] = field(default_factory=dict)
     catalog: bool = False
     api: bool = False      # `berth:api:*`: may call the management API (rights checked per call)
+    session_version: Optional[int] = None   # claim `sv` of a console session
 
     def allows(self, repository: str, action: str) -> bool:
         return action in self.repositories.get(repository, frozenset())

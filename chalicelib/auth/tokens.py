@@ -68,9 +68,10 @@ def generate_key() -> str:
 
 
 def issue(subject: Optional[str], granted: List[Scope], now: Optional[float] = None,
-          ttl: Optional[int] = None) -> dict:
+          ttl: Optional[int] = None, session_version: Optional[int] = None) -> dict:
     """A token answer as the token-auth spec defines it (token and access_token are the same).
-    `ttl`: seconds it is valid, if not the registry tokens' BERTH_TOKEN_TTL."""
+    `ttl`: seconds it is valid, if not the registry tokens' BERTH_TOKEN_TTL. `session_version`:
+    for a console session, the user's session version (claim `sv`), checked on every call."""
     import jwt
     cfg = settings()
     now = int(now if now is not None else time.time())
@@ -78,6 +79,8 @@ def issue(subject: Optional[str], granted: List[Scope], now: Optional[float] = N
     claims = {"iss": cfg.issuer, "aud": cfg.service, "sub": subject or "", "iat": now,
               "nbf": now - 5, "exp": now + ttl, "jti": secrets.token_hex(12),
               "access": access_claim(granted)}
+    if session_version is not None:
+        claims["sv"] = session_version
     token = jwt.encode(claims, signing_key(), algorithm=ALGORITHM)
     issued_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     return {"token": token, "access_token": token, "expires_in": ttl,
@@ -98,4 +101,7 @@ def verify(token: str) -> Grants:
                             options={"require": ["exp", "nbf", "iat", "iss", "aud"]})
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from None
-    return Grants.from_claim(claims.get("sub"), claims.get("access"))
+    grants = Grants.from_claim(claims.get("sub"), claims.get("access"))
+    version = claims.get("sv")
+    grants.session_version = version if isinstance(version, int) else None
+    return grants

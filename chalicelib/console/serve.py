@@ -1,7 +1,7 @@
 """GET /v2/_berth/console/ and its two assets, as text responses.
 
 Text, not binary: a response whose Content-Type is one of the API's binary types needs a matching
-Accept header from the client (Chalice, see field notes). The pages fetch nothing from anywhere
+Accept header from the client (Chalice, see docs/client-behaviour.md). The pages fetch nothing from anywhere
 else (no CDN) and call the management API with a bearer token kept in sessionStorage: no cookies.
 """
 from __future__ import annotations
@@ -33,10 +33,18 @@ def _read(name: str) -> str:
     return (STATIC / name).read_text(encoding="utf-8")
 
 
+CONSOLE_URL = "/v2/_berth/console/"
+# Chalice labels a response without a Content-Type application/json: a redirect says what it is
+# and carries a link for whatever does not follow Location.
+REDIRECT_PAGE = (f'<!doctype html><title>Moved</title><p>The console is at '
+                 f'<a href="{CONSOLE_URL}">{CONSOLE_URL}</a>.</p>\n')
+
+
 @route("GET", r"_berth/console", "/v2/_berth/console", PUBLIC)
 def console_redirect(request: Request) -> Response:
-    return Response(body="", status_code=301, headers={"Location": "/v2/_berth/console/",
-                                                       "Content-Length": "0"})
+    headers = dict(HEADERS, Location=CONSOLE_URL)
+    headers["Content-Type"] = "text/html; charset=utf-8"
+    return Response(body=REDIRECT_PAGE, status_code=301, headers=headers)
 
 
 @route("GET", r"_berth/console/(?P<file>|app\.css|app\.js)", "/v2/_berth/console/{file}", PUBLIC)

@@ -2,6 +2,8 @@
 
 Key layout:
   blobs/<algorithm>/<first two hex>/<hex>   one object per digest, shared by every repository
+  blobs/u/<upload id>                       a blob assembled by a chunked upload, where its
+                                            multipart upload put it (no copy at commit)
   manifests/<algorithm>/<hex>               manifests too big to keep inline in DynamoDB
   uploads/<upload id>/...                   staging of an upload session (parts, tail, assembly)
 """
@@ -14,7 +16,6 @@ from chalicelib.config import settings
 
 _client = None
 _client_lock = threading.Lock()
-COPY_OBJECT_MAX = 5 * 1024 ** 3   # CopyObject's limit; bigger objects are copied in parts
 READ_CHUNK = 8 * 1024 * 1024
 
 
@@ -59,6 +60,11 @@ def upload_prefix(upload_id: str) -> str:
     return f"uploads/{upload_id}/"
 
 
+def assembled_key(upload_id: str) -> str:
+    """Where a chunked upload's multipart upload assembles the blob: it stays there."""
+    return f"blobs/u/{upload_id}"
+
+
 def presigned_get_url(key: str, expires: Optional[int] = None) -> str:
     """A download URL for `key`; signing is local, so this costs no request."""
     return client().generate_presigned_url(
@@ -86,15 +92,9 @@ def iter_object(key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
         body.close()
 
 
-def copy_object(source: str, dest: str, size: int) -> None:
-    """Server-side copy; S3 does the work, no byte passes through Berth."""
-    s3 = client()
-    if size <= COPY_OBJECT_MAX:
-        s3.copy_object(Bucket=_bucket(), Key=dest, CopySource={"Bucket": _bucket(), "Key": source})
-    else:
-        from boto3.s3.transfer import TransferConfig
-        s3.copy({"Bucket": _bucket(), "Key": source}, _bucket(), dest,
-                Config=TransferConfig(multipart_chunksize=1024 ** 3))
+def copy_object(source: str, dest: str) -> None:
+    """Server-side copy (up to 5 GiB: only small objects are ever copied); S3 does the work."""
+    client().copy_object(Bucket=_bucket(), Key=dest, CopySource={"Bucket": _bucket(), "Key": source})
 
 
 def delete_object(key: str) -> None:

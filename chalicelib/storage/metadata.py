@@ -177,26 +177,49 @@ def _queue_touch(tx: Tx, digest: str, touched: float) -> None:
     tx.put(("queue", digest), GcQueueItem(GC_PK, gc_blob_sk(TOUCH, touched, digest)))
 
 
-def link_blob(tx: Tx, repo: str, digest: str, size: int, now: float) -> None:
-    """Make `digest` visible in `repo`: the link and its reverse item, in the same transaction."""
-    tx.put(("link", repo), LinkItem(repo_pk(repo), link_sk(digest), size=size, created=now))
+def link_blob(tx: Tx, repo: str, digest: str, size: int, now: float,
+              key: Optional[str] = None) -> None:
+    """Make `digest` visible in `repo`: the link (with the blob's S3 key, so a GET reads nothing
+    else) and its reverse item, in the same transaction."""
+    tx.put(("link", repo), LinkItem(repo_pk(repo), link_sk(digest), size=size, created=now,
+                                    key=_stored_key(digest, key)))
     tx.put(("rlink", repo), BlobLinkItem(blob_pk(digest), blob_link_sk(repo), created=now))
 
 
-def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Callable[[], None],
-                 session_id: Optional[str] = None) -> None:
-    """Make blob `digest` stored (its S3 object written by `write_object` when needed), linked
-    into `repo` (if given), touched (its grace period starts again) and, with `session_id`, end
-    that upload session: all in one transaction, conditioned on the BlobItem's state.
+def _stored_key(digest: str, key: Optional[str]) -> Optional[str]:
+    """What BlobItem.key/LinkItem.key hold: nothing for the content address (the old layout)."""
+    return None if key is None or key == blobstore.blob_key(digest) else key
+
+
+def object_key(digest: str, item) -> str:
+    """The S3 key of a blob's bytes, from its BlobItem or one of its LinkItems."""
+    return getattr(item, "key", None) or blobstore.blob_key(digest)
+
+
+def _key_is(digest: str, key: Optional[str]):
+    """Condition: the BlobItem's object is still `key` (it changes only when an upload takes
+    over a blob whose sweep lease expired, after the sweep unlinked it everywhere)."""
+    stored = _stored_key(digest, key)
+    return BlobItem.key.does_not_exist() if stored is None else BlobItem.key == stored
+
+
+def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Callable[[], str],
+                 session_id: Optional[str] = None) -> str:
+    """Make blob `digest` stored (its S3 object written by `write_object`, which returns the key
+    it wrote, only when needed), linked into `repo` (if given), touched (its grace period starts
+    again) and, with `session_id`, end that upload session: all in one transaction, conditioned
+    on the BlobItem's state. Returns the key of the blob's object.
 
     - no BlobItem: write the object, then create the item (refs 0) if still absent;
     - live: the object exists (a live BlobItem always has its object): touch it if still live;
+      an object this call wrote meanwhile (a concurrent upload of the same bytes won) is deleted;
     - claimed by a sweep (deleting): wait until the sweep is done (the item is gone) or its lease
       has expired; then write the object again and make the blob live, on the condition that no
       sweep claimed it again meanwhile. A sweep stops deleting S3 objects DELETE_MARGIN seconds
       before its lease ends, so an object written after the lease cannot be deleted by it.
     """
     give_up = wall_clock() + LEASE_SECONDS + 10
+    written: Optional[str] = None
     while True:
         blob = get_blob(digest)
         touched = stamp(time.time())
@@ -205,13 +228,15 @@ def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Call
             # The event first: should we die between writing the object and the transaction, it
             # leads a sweep to the orphaned object (gc.collect_blob).
             GcQueueItem(GC_PK, gc_blob_sk(TOUCH, touched, digest)).save()
-            write_object()
+            written = written or write_object()
+            key = written
             tx.put(("blob", digest), BlobItem(blob_pk(digest), BLOB_SK, size=size, created=touched,
-                                              refs=0, touched=touched),
+                                              refs=0, touched=touched, key=_stored_key(digest, key)),
                    condition=BlobItem.sk.does_not_exist())
         elif blob.state is None:
+            key = object_key(digest, blob)
             tx.update(("blob", digest), _blob(digest), [BlobItem.touched.set(touched)],
-                      condition=_LIVE)
+                      condition=_LIVE & _key_is(digest, key))
         elif wall_clock() <= (blob.since or 0) + LEASE_SECONDS:
             if wall_clock() > give_up:
                 raise RegistryError("TOOMANYREQUESTS", "the blob is being deleted by garbage "
@@ -219,36 +244,44 @@ def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Call
             time.sleep(0.1)
             continue
         else:   # the sweep's lease has expired: take the blob over
-            write_object()
+            written = written or write_object()
+            key = written
+            stored = _stored_key(digest, key)
             tx.update(("blob", digest), _blob(digest),
                       [BlobItem.state.remove(), BlobItem.since.remove(),
                        BlobItem.touched.set(touched), BlobItem.size.set(size),
-                       BlobItem.refs.set(BlobItem.refs | 0)],
+                       BlobItem.refs.set(BlobItem.refs | 0),
+                       BlobItem.key.set(stored) if stored else BlobItem.key.remove()],
                       condition=(BlobItem.state == DELETING) & (BlobItem.since == blob.since))
         if repo is not None:
-            link_blob(tx, repo, digest, size, touched)
+            link_blob(tx, repo, digest, size, touched, key)
         _queue_touch(tx, digest, touched)
         if session_id is not None:
             tx.delete(("session", session_id), UploadItem(UPLOADS_PK, session_id))
         try:
             tx.commit()
-            return
+            break
         except TxFailed as failed:
             if "blob" not in failed.kinds():
                 raise
             # the blob changed state between our read and our write: look again
+    if written is not None and written != key and written != blobstore.blob_key(digest):
+        blobstore.delete_object(written)   # another upload of the same bytes was published first
+    return key
 
 
-def add_link(repo: str, digest: str, size: int) -> None:
-    """Link an existing blob into `repo` (a cross-repository mount), touching it.
+def add_link(repo: str, digest: str, size: int, key: Optional[str] = None) -> None:
+    """Link an existing blob, whose object is `key` (from the source's link), into `repo` (a
+    cross-repository mount), touching it.
 
-    Raises BlobBeingDeleted when the blob is not live: a sweep is deleting it, so the client
-    must upload it (a mount must not link to bytes about to vanish).
+    Raises BlobBeingDeleted when the blob is not live (a sweep is deleting it, so the client
+    must upload it: a mount must not link to bytes about to vanish) or no longer at `key`.
     """
     touched = stamp(time.time())
     tx = Tx()
-    tx.update(("blob", digest), _blob(digest), [BlobItem.touched.set(touched)], condition=_LIVE)
-    link_blob(tx, repo, digest, size, touched)
+    tx.update(("blob", digest), _blob(digest), [BlobItem.touched.set(touched)],
+              condition=_LIVE & _key_is(digest, key))
+    link_blob(tx, repo, digest, size, touched, key)
     _queue_touch(tx, digest, touched)
     try:
         tx.commit()
@@ -359,8 +392,11 @@ class _BodyGone(Exception):
 
 def _store_manifest_body(record: ManifestRecord) -> None:
     key = blobstore.blob_key(record.digest)
-    publish_blob(None, record.digest, len(record.body),
-                 lambda: blobstore.put_object(key, record.body))
+
+    def write() -> str:
+        blobstore.put_object(key, record.body)
+        return key
+    publish_blob(None, record.digest, len(record.body), write)
 
 
 def put_manifest(repo: str, record: ManifestRecord, tag: Optional[str]) -> None:

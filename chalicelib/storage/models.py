@@ -17,7 +17,9 @@ One table, keyed by (pk, sk), so that everything one request needs sits under on
   _gc                    mirror#<ms>#<repo>               GcQueueItem   (a mirrored repo was pulled)
 
 A manifest GET by tag reads TagItem then ManifestItem; a blob GET or HEAD reads LinkItem only
-(the S3 key derives from the digest), so neither touches S3 before answering.
+(it carries the blob's S3 key), so neither touches S3 before answering. A blob's S3 object is
+where its upload assembled it (`key` on BlobItem and on every LinkItem of it; absent: the
+content address blobstore.blob_key(digest)), so a commit never copies a blob.
 
 Garbage collection (chalicelib/gc.py explains the protocol): BlobItem.refs counts the manifest
 items, over all repositories, that reference the blob (as config, layer, or as the S3-stored body
@@ -151,6 +153,7 @@ class ManifestItem(_Base):
 class LinkItem(_Base):
     size = NumberAttribute()
     created = NumberAttribute()
+    key = UnicodeAttribute(null=True)     # the blob's S3 object; absent: blob_key(digest)
 
 
 class ReferrerItem(_Base):
@@ -169,6 +172,7 @@ class BlobItem(_Base):
     touched = NumberAttribute(null=True)   # last upload or mount (stamp()); grace runs from here
     state = UnicodeAttribute(null=True)    # absent: live; DELETING: claimed by a sweep
     since = NumberAttribute(null=True)     # when the sweep claimed it (wall clock; its lease)
+    key = UnicodeAttribute(null=True)      # its S3 object; absent: blob_key(digest)
 
 
 class BlobLinkItem(_Base):
@@ -189,6 +193,13 @@ class UploadItem(_Base):
     tail_size = NumberAttribute(default=0)
     created = NumberAttribute()
     updated = NumberAttribute()
+    # The SHA-256 of the `offset` bytes so far (chalicelib/resumable_hash.py), so whichever
+    # instance gets the next chunk continues it; absent: the commit reads the blob back.
+    hash_state = BinaryAttribute(null=True, legacy_encoding=False)
+    # A chunk being written: the request holding the session, and until when (a lease), so that
+    # two requests never write the same S3 part.
+    writer = UnicodeAttribute(null=True)
+    writer_until = NumberAttribute(null=True)
 
 
 # ---------------------------------------------------------------- accounts (auth)
@@ -221,6 +232,18 @@ class UserItem(_Base):
     created = NumberAttribute()
     disabled = BooleanAttribute(default=False)
     admin = BooleanAttribute(default=False)
+    # Console sessions carry the version they were opened under; sign-out and a password change
+    # raise it, which ends every console session of the user (chalicelib/api/manage/core.py).
+    session_version = NumberAttribute(null=True)
+
+
+class InviteItem(_Base):
+    """pk invite#<sha256 of the code>, sk invite: a single-use sign-up invitation (BERTH_SIGNUP=
+    invite) made by an administrator; `used_by` is set, conditionally, by the sign-up it admits."""
+    created_by = UnicodeAttribute()
+    created = NumberAttribute()
+    expires = NumberAttribute()
+    used_by = UnicodeAttribute(null=True)
 
 
 class NamespaceItem(_Base):

@@ -108,7 +108,7 @@ class RefRegistry:
         self.data_dir.mkdir(exist_ok=True)
         # distribution reads REGISTRY_* variables as config overrides: do not inherit any
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        env.pop("AWS_CA_BUNDLE", None)  # panics distribution's S3 driver (field notes)
+        env.pop("AWS_CA_BUNDLE", None)  # panics distribution's S3 driver (docs/client-behaviour.md)
         last_log = ""
         for _attempt in range(5):  # a free port can be taken between probe and bind
             port = free_port()

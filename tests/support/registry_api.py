@@ -122,3 +122,11 @@ def push_image(base: str, repo: str, tag: str, layer_bytes=(b"layer-one", b"laye
 
 def error_code(response) -> str:
     return response.json()["errors"][0]["code"]
+
+
+def forget_hash_state(upload_url: str) -> None:
+    """Remove an upload session's saved SHA-256 state, as for a session that has none (the
+    commit must then read the blob back from S3)."""
+    from chalicelib.storage.models import UPLOADS_PK, UploadItem
+    upload_id = upload_url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[1]
+    UploadItem(UPLOADS_PK, upload_id).update(actions=[UploadItem.hash_state.remove()])

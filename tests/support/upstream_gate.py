@@ -12,6 +12,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 PASS, RATE_LIMITED, METADATA_REDIRECT = "pass", "429", "metadata-redirect"
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, headers: dict, body: bytes) -> None:
+    """Answer a request with `body` (none to a HEAD, with its Content-Length all the same)."""
+    handler.send_response(status)
+    for name, value in headers.items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(body)
+
+
+def serve_locally(handler: type) -> tuple:
+    """An HTTP server of `handler` on a free port of 127.0.0.1, in a daemon thread: (server, url)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 
 
@@ -40,13 +58,7 @@ class UpstreamGate:
                 self._forward()
 
             def _reply(self, status: int, headers: dict, body: bytes) -> None:
-                self.send_response(status)
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
+                reply(self, status, headers, body)
 
             def _forward(self) -> None:
                 conn = http.client.HTTPConnection(gate.target.hostname, gate.target.port,
@@ -69,9 +81,7 @@ class UpstreamGate:
 
             do_GET = do_HEAD = _answer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_locally(Handler)
 
     def close(self) -> None:
         self.server.shutdown()

@@ -1,10 +1,14 @@
 """What every management API endpoint shares: authentication, errors, JSON in and out.
 
-Authentication: `Authorization: Bearer <JWT>` from the registry's own token endpoint with scope
-`berth:api:*` (chalicelib/api/token.py grants it to users who logged in with their password, for
-an hour). The token only says who the caller is: every call then reads the user (not disabled)
-and checks the caller's rights (admin flag, role in the namespace) in the database. No cookies
-are involved, so there is nothing for a cross-site request to ride on (no CSRF surface).
+Authentication: a `berth:api:*` JWT (chalicelib/api/token.py grants it to users who logged in
+with their password, for an hour), either as `Authorization: Bearer <JWT>` (API clients) or, for
+the console, in the `berth_session` cookie set by POST session (chalicelib/api/manage/session.py):
+HttpOnly (scripts, hence XSS, cannot read it), SameSite=Strict and Path=/v2/_berth/api/, and
+honoured only with the `X-Berth-Console: 1` header, which a cross-site form or image cannot send
+and a cross-site script cannot send without a CORS preflight this API never grants (CSRF).
+The token only says who the caller is: every call then reads the user (not disabled, and the
+token's session version `sv` equal to the user's: sign-out and a password change raise it) and
+checks the caller's rights (admin flag, role in the namespace) in the database.
 
 Every refusal is a 4xx with `{"error": {"code", "message", "field"}}`.
 """
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from http.cookies import CookieError, SimpleCookie
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -25,6 +30,8 @@ from chalicelib.config import settings
 from chalicelib.errors import RegistryError
 
 PREFIX = "_berth/api/"
+SESSION_COOKIE = "berth_session"
+CONSOLE_HEADER = "x-berth-console"     # required with the cookie: see the module docstring
 BODY_MAX = 64 * 1024
 
 # (method, path template, summary, request schema name or None, query parameters) for OpenAPI
@@ -93,13 +100,32 @@ def _unauthorized(request: Request, message: str, error: Optional[str] = None) -
                     headers={"WWW-Authenticate": "Bearer " + ",".join(parts)})
 
 
-def authenticate(request: Request) -> Caller:
+def session_cookie(request: Request) -> Optional[str]:
+    """The console's session token, if the request carries the cookie and the console header."""
+    raw = request.header("cookie")
+    if not raw or request.header(CONSOLE_HEADER) != "1":
+        return None
+    try:
+        morsel = SimpleCookie(raw).get(SESSION_COOKIE)
+    except CookieError:
+        return None
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def presented_token(request: Request) -> Optional[str]:
     value = request.header("authorization") or ""
     scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return session_cookie(request)
+
+
+def authenticate(request: Request) -> Caller:
+    token = presented_token(request)
+    if token is None:
         raise _unauthorized(request, "sign in: a bearer token with scope berth:api:* is required")
     try:
-        grants = tokens.verify(token.strip())
+        grants = tokens.verify(token)
     except tokens.InvalidToken:
         raise _unauthorized(request, "the session has expired or the token is invalid; "
                             "sign in again", "invalid_token") from None
@@ -111,6 +137,9 @@ def authenticate(request: Request) -> Caller:
     if user is None or user.disabled:
         raise _unauthorized(request, "this account no longer exists or is disabled",
                             "invalid_token")
+    if grants.session_version != accounts.session_version(user):
+        raise _unauthorized(request, "this session has ended (signed out, or the password "
+                            "changed); sign in again", "invalid_token")
     return Caller(grants.subject, bool(user.admin))
 
 
@@ -162,6 +191,29 @@ def limit_arg(request: Request, default: int, maximum: int) -> int:
     return int(raw)
 
 
+SEARCH_MAX = 255
+
+
+def search_arg(request: Request) -> str:
+    """The `q` search string, lowercased (names are)."""
+    search = (request.arg("q") or "").strip().lower()
+    if len(search) > SEARCH_MAX:
+        raise bad(f"the search string is longer than {SEARCH_MAX} characters", "q")
+    return search
+
+
+def cursor_arg(request: Request, valid: Callable[[str], bool]) -> Optional[str]:
+    """The name a page continues after, from the `cursor` this API returned (None: first page)."""
+    from chalicelib.storage import stats
+    cursor = request.arg("cursor") or None
+    if not cursor:
+        return None
+    after = stats.decode_cursor(cursor)
+    if after is None or not valid(after):
+        raise bad("this cursor is not one this API returned", "cursor")
+    return after
+
+
 def registry_host(request: Request) -> str:
     """The host:port clients use in image references (docker pull HOST/name:tag)."""
     base = access.base_url(request)
@@ -201,5 +253,5 @@ def endpoint(method: str, path: str, template: str, summary: str, *,
 
 
 __all__ = ["ApiError", "Caller", "DELETE", "PULL", "PUSH", "bad", "bool_field", "conflict",
-           "endpoint", "forbidden", "json_body", "limit_arg", "not_found", "registry_host",
-           "reply", "text_field"]
+           "cursor_arg", "endpoint", "forbidden", "json_body", "limit_arg", "not_found",
+           "registry_host", "reply", "search_arg", "text_field"]

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import List, Optional
 
 from chalicelib import oci
 from chalicelib.api import access
@@ -50,6 +50,14 @@ def _rule_json(request: Request, rule: mirrors.Rule, caller: Caller) -> dict:
 
 def _visible(rule: mirrors.Rule, caller: Caller) -> bool:
     return caller.admin or rule.public or PULL in caller.actions_on(rule.namespace + "/x")
+
+
+def official_rules(caller: Caller) -> List[dict]:
+    """The rules the caller may pull from, without their images: Explore's `official` list (the
+    console links it to #/official). Rules come from the per-process cache: no Query per page."""
+    rules = sorted(mirrors.rules().values(), key=lambda r: r.namespace)
+    return [{"namespace": r.namespace, "upstream": r.upstream, "prefix": r.prefix,
+             "public": r.public} for r in rules if _visible(r, caller)]
 
 
 @endpoint("GET", r"mirrors", "mirrors",

@@ -49,8 +49,10 @@ SCHEMAS = {
     "PasswordChange": {"type": "object", "required": ["current_password", "new_password"],
                        "properties": {"current_password": _STRING,
                                       "new_password": {"type": "string", "minLength": 8}}},
-    "TokenCreate": {"type": "object", "required": ["name"], "properties": {
+    "TokenCreate": {"type": "object", "required": ["name", "password"], "properties": {
         "name": {"type": "string", "maxLength": 100},
+        "password": {"type": "string", "description": "your password, asked again: a stolen "
+                     "session cannot mint a lasting token"},
         "scope": {"type": "string", "enum": ["pull", "push"], "default": "pull"}}},
     "UserCreate": {"type": "object", "required": ["username", "password"], "properties": {
         "username": _STRING, "password": {"type": "string", "minLength": 8}, "admin": _BOOL}},
@@ -61,6 +63,14 @@ SCHEMAS = {
         "tag_ttl": {"type": "string", "example": "10m"},
         "credentials": {"type": "object", "description": "write-only; stored in SSM",
                         "properties": {"username": _STRING, "password": _STRING}}}},
+    "SignIn": {"type": "object", "required": ["username", "password"], "properties": {
+        "username": _STRING, "password": _STRING}},
+    "SignUp": {"type": "object", "required": ["username", "password", "namespace"],
+               "properties": {"username": _STRING, "password": {"type": "string",
+                                                                "minLength": 8},
+                              "namespace": _STRING,
+                              "invite": {"type": "string",
+                                         "description": "required when BERTH_SIGNUP=invite"}}},
 }
 
 

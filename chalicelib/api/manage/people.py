@@ -7,8 +7,8 @@ from pynamodb.exceptions import DoesNotExist
 from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
-from chalicelib.api.manage.core import (Caller, bad, bool_field, conflict, endpoint, forbidden,
-                                        json_body, limit_arg, not_found, text_field)
+from chalicelib.api.manage.core import (Caller, bad, bool_field, conflict, cursor_arg, endpoint,
+                                        forbidden, json_body, limit_arg, not_found, text_field)
 from chalicelib.api.router import Request
 from chalicelib.auth import accounts
 from chalicelib.storage import metadata, stats
@@ -53,16 +53,21 @@ def change_password(request: Request, caller: Caller) -> dict:
     if len(new) < accounts.PASSWORD_MIN:
         raise bad(f"the new password must have at least {accounts.PASSWORD_MIN} characters",
                   "new_password", code="TOO_SHORT")
-    if current.startswith(accounts.TOKEN_PREFIX):
-        raise bad("give your password, not an access token", "current_password")
+    _confirm_password(request, caller, current, "current_password")
+    accounts.set_password(caller.username, new)      # also ends every console session
+    return {"username": caller.username, "password_changed": True, "signed_out": True}
+
+
+def _confirm_password(request: Request, caller: Caller, password: str, field: str) -> None:
+    """Ask for the password again before an operation a stolen session must not do."""
+    if password.startswith(accounts.TOKEN_PREFIX):
+        raise bad("give your password, not an access token", field)
     try:
-        accounts.authenticate(caller.username, current, request.source_ip)
+        accounts.authenticate(caller.username, password, request.source_ip)
     except accounts.LoginThrottled:
         raise
     except accounts.AccountError:
-        raise forbidden("the current password is not right", "current_password") from None
-    accounts.set_password(caller.username, new)
-    return {"username": caller.username, "password_changed": True}
+        raise forbidden("the password is not right", field) from None
 
 
 # ---------------------------------------------------------------- access tokens
@@ -90,6 +95,11 @@ def create_token(request: Request, caller: Caller) -> dict:
     scope = text_field(doc, "scope", default="pull", max_len=10)
     if scope not in accounts.TOKEN_SCOPES:
         raise bad("scope is pull or push", "scope")
+    password = text_field(doc, "password", max_len=1024)
+    if not password:
+        raise bad("give your password to create an access token", "password",
+                  code="REQUIRED")
+    _confirm_password(request, caller, password, "password")
     if any(t.name == name and not t.revoked for t in accounts.list_access_tokens(caller.username)):
         raise conflict(f"you already have a token named {name!r}", "name", code="ALREADY_EXISTS")
     secret = accounts.create_access_token(caller.username, name, scope)
@@ -130,8 +140,7 @@ def create_namespace(request: Request, caller: Caller) -> dict:
     name = text_field(doc, "name", required=True, max_len=oci.NAMESPACE_MAX + 1)
     public = bool_field(doc, "public") or False
     if not oci.is_valid_namespace(name):
-        raise bad("a namespace is lowercase letters and digits, optionally separated by '.', "
-                  "'_', '__' or '-', at most 64 characters", "name", code="NAME_INVALID")
+        raise bad(accounts.NAMESPACE_RULE, "name", code="NAME_INVALID")
     if not caller.admin:
         owned = [n for n in _my_namespaces(caller) if n["role"] == "owner"]
         if len(owned) >= NAMESPACES_PER_USER:
@@ -191,12 +200,7 @@ def _user_json(item: UserItem) -> dict:
 def list_users(request: Request, caller: Caller) -> dict:
     _require_admin(caller)
     limit = limit_arg(request, 100, 1000)
-    cursor = request.arg("cursor") or None
-    after = None
-    if cursor:
-        after = stats.decode_cursor(cursor)
-        if after is None or not oci.is_valid_username(after):
-            raise bad("this cursor is not one this API returned", "cursor")
+    after = cursor_arg(request, oci.is_valid_username)
     users, more = accounts.list_users(limit, after)
     next_cursor = stats.encode_cursor(users[-1].pk[len("user#"):]) if more and users else None
     return {"users": [_user_json(u) for u in users], "next_cursor": next_cursor}

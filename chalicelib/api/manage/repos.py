@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute
@@ -17,8 +18,8 @@ from pynamodb.transactions import TransactWrite
 
 from chalicelib import oci
 from chalicelib.api.manage.core import (DELETE, PULL, PUSH, Caller, ApiError, bad, conflict,
-                                        endpoint, forbidden, json_body, limit_arg, not_found,
-                                        registry_host, text_field)
+                                        cursor_arg, endpoint, forbidden, json_body, limit_arg,
+                                        not_found, registry_host, search_arg, text_field)
 from chalicelib.api.router import Request
 from chalicelib.auth import accounts
 from chalicelib.storage import metadata, stats
@@ -128,16 +129,9 @@ def repository_json(request: Request, repo: RepoItem, meta: Optional[RepoMetaIte
           query=["namespace", "q", "limit", "cursor"])
 def list_repositories(request: Request, caller: Caller) -> dict:
     limit = limit_arg(request, PAGE_DEFAULT, PAGE_MAX)
-    search = (request.arg("q") or "").strip().lower()
-    if len(search) > 255:
-        raise bad("the search string is longer than 255 characters", "q")
+    search = search_arg(request)
     namespace = request.arg("namespace") or None
-    cursor = request.arg("cursor") or None
-    after = None
-    if cursor:
-        after = stats.decode_cursor(cursor)
-        if after is None or not oci.is_valid_name(after):
-            raise bad("this cursor is not one this API returned", "cursor")
+    after = cursor_arg(request, oci.is_valid_name)
     if namespace is not None:
         if not oci.is_valid_namespace(namespace):
             raise bad(f"invalid namespace {namespace[:100]!r}", "namespace")
@@ -328,6 +322,37 @@ def _platforms(index_doc: dict) -> List[str]:
     return found
 
 
+CONFIG_TYPES = ("application/vnd.oci.image.config.v1+json",
+                "application/vnd.docker.container.image.v1+json")
+CONFIG_READ_MAX = 64 * 1024     # bigger image configs are not read for their platform
+
+
+@lru_cache(maxsize=4096)
+def _config_platform(digest: str) -> Optional[str]:
+    """os/architecture[/variant] from an image's config blob: one S3 read per config, cached
+    for the life of the instance (a digest's content never changes)."""
+    from chalicelib.storage import blobstore
+    try:
+        config = json.loads(blobstore.get_object(blobstore.blob_key(digest)))
+    except Exception:       # missing object, not JSON: no platform to show, not an error
+        return None
+    if not isinstance(config, dict) or not config.get("os") or not config.get("architecture"):
+        return None
+    return f"{config['os']}/{config['architecture']}" + (
+        f"/{config['variant']}" if config.get("variant") else "")
+
+
+def _image_platforms(doc: dict) -> List[str]:
+    config = doc.get("config")
+    if not isinstance(config, dict) or config.get("mediaType") not in CONFIG_TYPES:
+        return []
+    digest, size = config.get("digest"), config.get("size")
+    if not isinstance(digest, str) or not isinstance(size, int) or size > CONFIG_READ_MAX:
+        return []
+    platform = _config_platform(digest) if oci.DIGEST_RE.match(digest) else None
+    return [platform] if platform else []
+
+
 def _parse(item: ManifestItem) -> dict:
     try:
         doc = json.loads(metadata.manifest_bytes(item))
@@ -391,6 +416,7 @@ def list_tags(request: Request, caller: Caller) -> dict:
                                         else docs.get(child, {}))
         elif item is not None:
             size = _image_size(item, doc)
+            platforms = _image_platforms(doc)
             if doc.get("artifactType") or (isinstance(doc.get("config"), dict) and doc[
                     "config"].get("mediaType") not in (None, "application/vnd.oci.image.config"
                                                        ".v1+json", "application/vnd.docker."

@@ -1,7 +1,9 @@
 /* Berth console: a few pages over the management API (/v2/_berth/api/), no framework.
  *
- * Session: a bearer token from the registry's token endpoint (scope berth:api:*), kept in
- * sessionStorage and sent in the Authorization header. No cookies, so no CSRF surface.
+ * Session: POST /v2/_berth/api/session sets an HttpOnly, SameSite=Strict cookie (scripts never
+ * see the token, so an injected script could not steal it) that the browser keeps across reloads
+ * and tabs for its hour; every API call adds the X-Berth-Console header, without which the
+ * cookie counts for nothing (a cross-site form or image cannot add it: no CSRF).
  * Every page is built with DOM calls (textContent), never innerHTML with data. */
 "use strict";
 
@@ -75,24 +77,6 @@ function shortDigest(digest) {
 
 /* ---------------------------------------------------------------- session and API */
 
-const session = {
-  get token() { return sessionStorage.getItem("berth.token"); },
-  get username() { return sessionStorage.getItem("berth.user"); },
-  valid() {
-    const exp = Number(sessionStorage.getItem("berth.expires") || 0);
-    return Boolean(this.token) && exp > Date.now() / 1000 + 10;
-  },
-  save(username, answer) {
-    sessionStorage.setItem("berth.token", answer.token);
-    sessionStorage.setItem("berth.user", username);
-    sessionStorage.setItem("berth.expires", String(Date.now() / 1000 + (answer.expires_in || 300)));
-  },
-  clear() {
-    for (const k of ["berth.token", "berth.user", "berth.expires"]) sessionStorage.removeItem(k);
-    me = null;
-  },
-};
-
 function sentence(text) {
   text = String(text || "");
   return text.charAt(0).toUpperCase() + text.slice(1);
@@ -107,25 +91,18 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, body) {
-  const headers = {"Authorization": `Bearer ${session.token}`};
+async function request(method, path, body) {
+  const headers = {"X-Berth-Console": "1"};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
-    response = await fetch(API + path, {method, headers, credentials: "omit",
+    response = await fetch(API + path, {method, headers, credentials: "same-origin",
                                         body: body === undefined ? undefined : JSON.stringify(body)});
   } catch (e) {
     throw new ApiError(0, {code: "NETWORK", message: "The registry could not be reached. Check your connection and try again."});
   }
   let doc = null;
   try { doc = await response.json(); } catch (e) { doc = null; }
-  if (response.status === 401) {
-    session.clear();
-    go("#/signin", "Your session has ended. Sign in again.");
-    const ended = new ApiError(401, (doc && doc.error) || {message: "Sign in again."});
-    ended.handled = true;           // the sign-in page is showing: nothing more to say
-    throw ended;
-  }
   if (!response.ok) {
     const error = (doc && doc.error) || (doc && doc.errors && doc.errors[0]) ||
       {code: "HTTP_" + response.status, message: `The registry answered ${response.status}.`};
@@ -134,28 +111,29 @@ async function api(method, path, body) {
   return doc;
 }
 
-async function signIn(username, password) {
-  const url = `${TOKEN_URL}?service=berth&scope=${encodeURIComponent("berth:api:*")}`;
-  let response;
+/* A call as the signed-in user: when the session has ended, the sign-in page replaces the page
+ * and the address stays, so signing in again comes back to it. */
+async function api(method, path, body) {
   try {
-    response = await fetch(url, {headers: {"Authorization": "Basic " + btoa(unescape(encodeURIComponent(`${username}:${password}`)))},
-                                 credentials: "omit"});
-  } catch (e) {
-    throw new ApiError(0, {message: "The registry could not be reached."});
+    return await request(method, path, body);
+  } catch (error) {
+    if (error.status === 401 && me) {
+      me = null;
+      flash = "Your session has ended. Sign in again.";
+      signInPage();
+      error.handled = true;
+    }
+    throw error;
   }
-  let doc = null;
-  try { doc = await response.json(); } catch (e) { doc = null; }
-  if (!response.ok) {
-    const err = doc && doc.errors && doc.errors[0];
-    let message = err ? err.message : `Sign-in failed (${response.status}).`;
-    if (response.status === 401) message = "Incorrect user name or password, or the account is disabled.";
-    throw new ApiError(response.status, {message, field: response.status === 401 ? "password" : null});
+}
+
+async function signIn(username, password) {
+  try {
+    await request("POST", "/session", {username, password});
+  } catch (error) {
+    if (error.status === 401) error.message = "Incorrect user name or password, or the account is disabled.";
+    throw error;
   }
-  const claims = JSON.parse(atob(doc.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")));
-  if (!(claims.access || []).some(a => a.type === "berth" && a.name === "api")) {
-    throw new ApiError(403, {message: "Sign in with your password: access tokens are for docker login only.", field: "password"});
-  }
-  session.save(username, doc);
 }
 
 /* ---------------------------------------------------------------- forms */
@@ -253,8 +231,10 @@ function copyButton(text, className, label) {
   return button;
 }
 
+/* One command on one line (no wrapping inside a word or a reference): a long one scrolls in its
+ * own box, which the keyboard can reach (tabindex) to scroll it. */
 function command(text) {
-  return h("div", {class: "cmd"}, h("code", {}, text), copyButton(text, "copy"));
+  return h("div", {class: "cmd"}, h("code", {tabindex: "0"}, text), copyButton(text, "copy"));
 }
 
 /* ---------------------------------------------------------------- dialog */
@@ -360,6 +340,22 @@ function go(hash, message) {
   if (location.hash === hash) route(); else location.hash = hash;
 }
 
+const NAMESPACE_HINT = "lowercase letters (a-z) and digits, optionally separated by '.', '_', '__' or '-'; at most 64 characters";
+let signupMode = null;         // closed | invite | open, from GET /signup
+
+async function newcomerHint() {
+  const box = h("p", {class: "newcomer"});
+  if (signupMode === null) {
+    try { signupMode = (await request("GET", "/signup")).mode; } catch (e) { signupMode = "closed"; }
+  }
+  if (signupMode === "open") box.append("New here? ", h("a", {href: "#/signup"}, "Create an account"), " — your user name, password and namespace in one step.");
+  else if (signupMode === "invite") box.append("Invited? ", h("a", {href: "#/signup"}, "Sign up with your invitation code"), ". No invitation? Ask an administrator of this registry.");
+  else box.append(`No account yet? Accounts on ${HOST} are created by its administrators: ask one for a user name and password.`);
+  return box;
+}
+
+/* The sign-in page replaces whatever page was asked for, and the address stays: after signing
+ * in, that page opens (deep links survive sign-in). */
 function signInPage() {
   setChrome(null);
   const username = h("input", {type: "text", name: "username", autocomplete: "username", required: true, autocapitalize: "off", spellcheck: "false"});
@@ -376,27 +372,101 @@ function signInPage() {
     if (!data.get("password")) throw new ApiError(400, {message: "Enter your password.", field: "password"});
     await signIn(name, String(data.get("password")));
     me = await api("GET", "/me");
-    go(me.namespaces.length ? "#/" : "#/activate");
+    const hash = location.hash;
+    if (!hash || hash === "#/signin" || hash === "#/signup") go("#/"); else route();
   });
+  const hint = h("div", {});
   render(h("div", {class: "narrow"},
     h("h1", {}, "Sign in to Berth"),
     h("p", {class: "sub"}, `Use the user name and password you log in to ${HOST} with.`),
-    h("div", {class: "panel"}, form)));
+    h("div", {class: "panel"}, form), hint));
+  newcomerHint().then(box => hint.replaceChildren(box));
   username.focus();
 }
 
+/* Sign-up is activation for a newcomer: user name, registry password and namespace together. */
+async function signUpPage() {
+  setChrome(null);
+  if (signupMode === null) await newcomerHint();
+  if (signupMode === "closed") {
+    render(h("div", {class: "narrow"}, h("h1", {}, "Sign-up is closed"),
+      h("p", {class: "sub"}, `Accounts on ${HOST} are created by its administrators: ask one for a user name and password.`),
+      h("p", {}, h("a", {href: "#/signin"}, "Back to sign in"))));
+    return;
+  }
+  const inputs = {
+    username: h("input", {type: "text", name: "username", autocomplete: "username", autocapitalize: "off", spellcheck: "false"}),
+    password: h("input", {type: "password", name: "password", autocomplete: "new-password"}),
+    again: h("input", {type: "password", name: "again", autocomplete: "new-password"}),
+    namespace: h("input", {type: "text", name: "namespace", autocapitalize: "off", spellcheck: "false"}),
+    invite: h("input", {type: "text", name: "invite", autocomplete: "off", spellcheck: "false"}),
+  };
+  inputs.username.addEventListener("input", () => {
+    if (!inputs.namespace.dataset.touched) inputs.namespace.value = inputs.username.value.toLowerCase().replace(/[^a-z0-9._-]+/g, "");
+  });
+  inputs.namespace.addEventListener("input", () => { inputs.namespace.dataset.touched = "1"; });
+  const form = h("form", {class: "panel-body", novalidate: true},
+    signupMode === "invite" ? field("Invitation code", inputs.invite) : null,
+    field("User name", inputs.username, "— for the console and docker login"),
+    field("Registry password", inputs.password, "— at least 8 characters; docker login uses it"),
+    field("Password again", inputs.again),
+    field("Namespace", inputs.namespace, `— ${NAMESPACE_HINT}`),
+    h("p", {class: "hint"}, "Your images will be ", h("span", {class: "mono nowrap"}, `${HOST}/<namespace>/<image>:<tag>`), ". The namespace cannot be changed later."),
+    h("button", {type: "submit", class: "btn btn-primary btn-block"}, "Create account"));
+  onSubmit(form, async (data) => {
+    const body = {username: String(data.get("username")).trim(), password: String(data.get("password")),
+                  namespace: String(data.get("namespace")).trim()};
+    if (!body.username) throw new ApiError(400, {message: "Choose a user name.", field: "username"});
+    if (body.password !== data.get("again")) throw new ApiError(400, {message: "The two passwords differ.", field: "again"});
+    if (!body.namespace) throw new ApiError(400, {message: "Choose a namespace.", field: "namespace"});
+    if (signupMode === "invite") body.invite = String(data.get("invite")).trim();
+    await request("POST", "/signup", body);
+    me = await api("GET", "/me");
+    toast(`Welcome, ${me.username}`);
+    go("#/");
+  });
+  render(h("div", {class: "narrow"},
+    h("h1", {}, "Create your account"),
+    h("p", {class: "sub"}, `One step: your user name and registry password for ${HOST}, and the namespace your images go to.`),
+    h("div", {class: "panel"}, form),
+    h("p", {class: "newcomer"}, "Already have an account? ", h("a", {href: "#/signin"}, "Sign in"))));
+  (signupMode === "invite" ? inputs.invite : inputs.username).focus();
+}
+
+/* Activation of a signed-in user who has no namespace yet, in one form: the namespace, the user
+ * name docker login takes (the account's own), and the registry password: the current one, or a
+ * new one (e.g. replacing the initial password an administrator gave). */
 function activatePage() {
   setChrome(null);
   const name = h("input", {type: "text", name: "name", autocapitalize: "off", spellcheck: "false",
-                           placeholder: me.username.replace(/[^a-z0-9]+/g, "") || "team"});
+                           value: me.username.replace(/[^a-z0-9._-]+/g, "")});
+  const user = h("input", {type: "text", name: "login", readonly: true, value: me.username});
+  const current = h("input", {type: "password", name: "current_password", autocomplete: "current-password"});
+  const fresh = h("input", {type: "password", name: "new_password", autocomplete: "new-password"});
   const form = h("form", {class: "panel-body", novalidate: true},
-    field("Namespace", name, "— lowercase letters and digits; the first part of your image names"),
-    h("p", {class: "hint"}, "Your images will be ", h("span", {class: "mono"}, `${HOST}/<namespace>/<image>:<tag>`), ". The name cannot be changed later."),
+    field("Namespace", name, `— ${NAMESPACE_HINT}`),
+    field("User name for docker login", user, "— your account's"),
+    field("Registry password", current, "— the one you signed in with"),
+    field("New registry password", fresh, "— optional, at least 8 characters: replaces it for docker login and this console"),
+    h("p", {class: "hint"}, "Your images will be ",
+      h("span", {class: "mono nowrap"}, `${HOST}/<namespace>/<image>:<tag>`), ". The namespace cannot be changed later."),
     h("button", {type: "submit", class: "btn btn-primary btn-block"}, "Activate"));
   onSubmit(form, async (data) => {
     const value = String(data.get("name")).trim();
+    const password = String(data.get("current_password")), next = String(data.get("new_password"));
     if (!value) throw new ApiError(400, {message: "Choose a namespace.", field: "name"});
-    await api("POST", "/namespaces", {name: value});
+    if (next && !password) throw new ApiError(400, {message: "Enter your current password to set a new one.", field: "current_password"});
+    if (next && next.length < 8) throw new ApiError(400, {message: "The new password must have at least 8 characters.", field: "new_password"});
+    try {
+      await api("POST", "/namespaces", {name: value});
+    } catch (error) {      // made by an earlier try whose password step failed: go on
+      if (error.code !== "ALREADY_EXISTS" || !(await api("GET", "/me")).namespaces.some(n => n.name === value)) throw error;
+    }
+    if (next) {
+      // a password change ends every session: open a new one with the new password
+      await api("PUT", "/me/password", {current_password: password, new_password: next});
+      await signIn(me.username, next);
+    }
     me = await api("GET", "/me");
     currentNamespace = value;
     toast(`Namespace ${value} is yours`);
@@ -411,15 +481,81 @@ function activatePage() {
 
 /* ---------------------------------------------------------------- image list */
 
-function pushHowTo(namespace, repo) {
-  const target = `${HOST}/${namespace}/${repo || "my-image"}:latest`;
-  return h("div", {class: "cmds"},
+/* ---- commands users paste */
+
+const PLAIN_HTTP = location.protocol === "http:";
+
+function loginCommand() {
+  return `docker login --username=${me.username} ${HOST}`;
+}
+
+/* A tag that does not exist yet, so that pasting the tag and push commands never replaces an
+ * image by accident: the newest tag's trailing number plus one (v1.4 -> v1.5), else v1, v2, … */
+function proposeTag(latest, existing) {
+  const taken = new Set(existing);
+  if (!latest) return "latest";
+  const m = /^(.*?)(\d+)$/.exec(latest);
+  let prefix = m ? m[1] : "v", n = m ? Number(m[2]) + 1 : 1;
+  while (taken.has(prefix + n)) n++;
+  return prefix + n;
+}
+
+/* podman and skopeo refuse plain HTTP unless told; docker needs the daemon's insecure-registries
+ * (it allows 127.0.0.0/8 and localhost by itself). */
+function plainHttpNote(commands) {
+  if (!PLAIN_HTTP) return null;
+  return h("details", {class: "plain-http"},
+    h("summary", {}, "This registry is served over plain HTTP"),
+    h("p", {}, "podman and skopeo need ", h("code", {}, "--tls-verify=false"), ":"),
+    commands.map(command),
+    h("p", {}, "docker: add ", h("code", {}, `"insecure-registries": ["${HOST}"]`), " to ",
+      h("code", {}, "/etc/docker/daemon.json"), " and restart dockerd (not needed for localhost and 127.0.0.1)."));
+}
+
+function pushCommands(ref, tag) {
+  return [
     h("div", {class: "cmd-label"}, "Log in with your user name and password (or an access token)"),
-    command(`docker login ${HOST}`),
-    h("div", {class: "cmd-label"}, "Tag a local image (replace my-image:latest with yours)"),
-    command(`docker tag my-image:latest ${target}`),
+    command(loginCommand()),
+    h("div", {class: "cmd-label"}, "Tag a local image (replace my-image:latest with yours; a new tag, so nothing is replaced)"),
+    command(`docker tag my-image:latest ${ref}:${tag}`),
     h("div", {class: "cmd-label"}, "Push it"),
-    command(`docker push ${target}`));
+    command(`docker push ${ref}:${tag}`),
+  ];
+}
+
+function plainPushCommands(ref, tag) {
+  return [`podman login --tls-verify=false --username=${me.username} ${HOST}`,
+          `podman push --tls-verify=false my-image:latest ${ref}:${tag}`];
+}
+
+function pullCommands(ref, tag, needsLogin) {
+  return [
+    needsLogin ? [h("div", {class: "cmd-label"}, "Log in"), command(loginCommand())] : null,
+    h("div", {class: "cmd-label"}, "Pull"),
+    command(`docker pull ${ref}:${tag}`),
+  ];
+}
+
+function plainPullCommands(ref, tag) {
+  return [`podman pull --tls-verify=false ${ref}:${tag}`,
+          `skopeo inspect --tls-verify=false docker://${ref}:${tag}`];
+}
+
+function pushHowTo(namespace) {
+  const ref = `${HOST}/${namespace}/my-image`;
+  return h("div", {class: "cmds"}, pushCommands(ref, "latest"), plainHttpNote(plainPushCommands(ref, "latest")));
+}
+
+/* Cells of a table that turns into cards on a narrow screen: each cell carries its label. */
+function cell(label, attrs, ...children) {
+  return h("td", {...(attrs || {}), "data-label": label}, ...children);
+}
+
+function visibilityBadge(repo) {
+  const open = repo.visibility === "public" || repo.namespace_public;
+  return h("span", {class: `badge badge-${open ? "public" : "private"}`,
+                    title: open ? (repo.visibility === "public" ? "Anyone may pull this repository" : `Anyone may pull: namespace ${repo.namespace} is public`) : "Only members of the namespace may pull"},
+    open ? "public" : "private");
 }
 
 async function newRepositoryDialog(namespace) {
@@ -459,6 +595,60 @@ async function newRepositoryDialog(namespace) {
   }
 }
 
+/* A list's "Load more" (or nothing when the list is complete); load(cursor, append). */
+function moreButton(results, cursor, load) {
+  const old = results.querySelector(".more");
+  if (old) old.remove();
+  if (cursor) {
+    results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(cursor, true); }}, "Load more")));
+  }
+}
+
+function searchAsYouType(search, load) {
+  let timer = null;
+  search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load(null, false), 250); });
+  search.addEventListener("keydown", (e) => { if (e.key === "Enter") { clearTimeout(timer); load(null, false); } });
+}
+
+/* Every tag of a repository (all pages), for a confirmation that names what goes. */
+async function allTags(name) {
+  const names = [];
+  let cursor = null;
+  do {
+    const page = await api("GET", `/repositories/${name}/_tags?limit=100` + (cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""));
+    names.push(...page.tags.map(t => t.name));
+    cursor = page.next_cursor;
+  } while (cursor);
+  return names;
+}
+
+async function deleteRepository(name) {
+  let answer;
+  do { answer = await api("DELETE", `/repositories/${name}`); } while (answer && answer.complete === false);
+}
+
+/* Delete images: the confirmation lists every tag of every one of them. */
+async function deleteImagesDialog(names) {
+  let tags;
+  try {
+    tags = await Promise.all(names.map(allTags));
+  } catch (error) {
+    if (!error.handled) toast(error.message);
+    return false;
+  }
+  const count = names.length === 1 ? "1 image" : `${names.length} images`;
+  return confirmDialog({
+    title: names.length === 1 ? `Delete ${names[0]}?` : `Delete ${count}?`, danger: true,
+    confirmLabel: names.length === 1 ? "Delete image" : `Delete ${count}`,
+    body: [h("p", {}, `This permanently deletes ${count} with every tag and manifest:`),
+           h("ul", {class: "goes"}, names.map((name, i) => h("li", {"data-goes": name},
+             h("strong", {class: "mono"}, name),
+             tags[i].length ? h("ul", {}, tags[i].map(t => h("li", {class: "mono"}, `${name}:${t}`))) : h("span", {class: "muted"}, " (no tags)")))),
+           h("p", {class: "muted"}, "Pulls of these tags will fail. This cannot be undone.")],
+    action: async () => { for (const name of names) await deleteRepository(name); },
+  });
+}
+
 async function imagesPage() {
   setChrome("images");
   const writable = me.namespaces.filter(n => n.role !== "pull");
@@ -470,12 +660,49 @@ async function imagesPage() {
   const search = h("input", {type: "search", name: "q", placeholder: "Search images by name", "aria-label": "Search images"});
   const nsSelect = me.namespaces.length > 1 ? h("select", {"aria-label": "Namespace"},
     me.namespaces.map(n => h("option", {value: n.name, selected: n.name === currentNamespace}, n.name))) : null;
-  const results = h("div", {"aria-live": "polite"}, h("div", {class: "loading"}, "Loading images…"));
+  const selected = new Set();
+  const deleteButton = h("button", {type: "button", class: "btn btn-danger-quiet", disabled: true, "data-action": "delete-selected"}, "Delete");
+  const results = h("div", {class: "table-box", "aria-live": "polite"}, h("div", {class: "loading"}, "Loading images…"));
   const panel = h("div", {class: "panel"},
-    h("div", {class: "toolbar"}, nsSelect, search),
+    h("div", {class: "toolbar"}, nsSelect, search, deleteButton),
     results);
-  render(pageHead("Images", `Repositories in ${HOST}/${currentNamespace}`, newButton), panel);
+  render(pageHead("Images", h("span", {}, "Repositories in ", h("span", {class: "nowrap"}, `${HOST}/${currentNamespace}`)), newButton), panel);
   const head = main.querySelector(".page-head .sub");
+
+  function selectionChanged() {
+    deleteButton.disabled = !selected.size;
+    deleteButton.textContent = selected.size ? `Delete (${selected.size})` : "Delete";
+    const all = results.querySelector("input[data-select-all]");
+    const boxes = [...results.querySelectorAll("input[data-select]")];
+    if (all) {
+      all.checked = boxes.length > 0 && boxes.every(b => b.checked);
+      all.indeterminate = !all.checked && boxes.some(b => b.checked);
+    }
+  }
+  deleteButton.addEventListener("click", async () => {
+    const names = [...selected].sort();
+    if (await deleteImagesDialog(names)) {
+      toast(names.length === 1 ? `Deleted ${names[0]}` : `Deleted ${names.length} images`);
+      selected.clear();
+      selectionChanged();
+      load(null, false);
+    }
+  });
+
+  function row(repo) {
+    const box = repo.can_delete ? h("input", {type: "checkbox", "data-select": repo.name, "aria-label": `Select ${repo.name}`,
+      checked: selected.has(repo.name), onchange: (e) => { if (e.target.checked) selected.add(repo.name); else selected.delete(repo.name); selectionChanged(); }}) : null;
+    return h("tr", {"data-repo": repo.name},
+      h("td", {class: "select"}, box),
+      h("td", {class: "cell-main"},
+        h("a", {class: "repo-name", href: `#/repo/${repo.name}`}, repo.name), " ", visibilityBadge(repo),
+        h("div", {class: repo.description ? "repo-desc" : "repo-desc none", title: repo.description || null},
+          repo.description || "No description")),
+      cell("Tags", {class: "num", "data-col": "tags"}, String(repo.tag_count)),
+      cell("Size", {class: "num", "data-col": "size"}, formatSize(repo.size)),
+      cell("Last push", {}, timeEl(repo.last_push)),
+      h("td", {class: "num cell-actions"}, repo.tag_count ? copyButton(repo.pull_command, "copy-inline", "Copy pull") : null));
+  }
 
   let generation = 0;
   async function load(cursor, append) {
@@ -491,7 +718,8 @@ async function imagesPage() {
       return;
     }
     if (mine !== generation) return;
-    const rows = page.repositories.map(repoRow);
+    if (!append) { selected.clear(); selectionChanged(); }
+    const rows = page.repositories.map(row);
     let table = append ? results.querySelector("tbody") : null;
     if (!append) {
       if (!rows.length) {
@@ -506,43 +734,91 @@ async function imagesPage() {
         return;
       }
       table = h("tbody");
-      results.replaceChildren(h("table", {},
+      const selectAll = h("input", {type: "checkbox", "data-select-all": true, "aria-label": "Select every image on the page",
+        onchange: (e) => {
+          results.querySelectorAll("input[data-select]").forEach(b => { b.checked = e.target.checked; if (b.checked) selected.add(b.dataset.select); else selected.delete(b.dataset.select); });
+          selectionChanged();
+        }});
+      results.replaceChildren(h("table", {class: "reflow"},
         h("thead", {}, h("tr", {},
+          h("th", {scope: "col", class: "select"}, selectAll),
           h("th", {scope: "col"}, "Repository"), h("th", {scope: "col", class: "num"}, "Tags"),
           h("th", {scope: "col", class: "num"}, "Size"), h("th", {scope: "col"}, "Last push"),
           h("th", {scope: "col"}, h("span", {class: "visually-hidden"}, "Pull")))),
         table));
     }
     table.append(...rows);
-    const old = results.querySelector(".more");
-    if (old) old.remove();
-    if (page.next_cursor) {
-      results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(page.next_cursor, true); }}, "Load more")));
-    }
+    selectionChanged();
+    moreButton(results, page.next_cursor, load);
   }
 
-  let timer = null;
-  search.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(() => load(null, false), 250); });
-  search.addEventListener("keydown", (e) => { if (e.key === "Enter") { clearTimeout(timer); load(null, false); } });
+  searchAsYouType(search, load);
   if (nsSelect) nsSelect.addEventListener("change", () => {
     currentNamespace = nsSelect.value;
-    head.textContent = `Repositories in ${HOST}/${currentNamespace}`;
+    head.replaceChildren("Repositories in ", h("span", {class: "nowrap"}, `${HOST}/${currentNamespace}`));
     load(null, false);
   });
   await load(null, false);
 }
 
-function repoRow(repo) {
-  return h("tr", {"data-repo": repo.name},
-    h("td", {},
-      h("a", {class: "repo-name", href: `#/repo/${repo.name}`}, repo.name), " ",
-      h("span", {class: `badge badge-${repo.visibility}`}, repo.visibility),
-      h("div", {class: repo.description ? "repo-desc" : "repo-desc none", title: repo.description || null},
-        repo.description || "No description")),
-    h("td", {class: "num", "data-col": "tags"}, String(repo.tag_count)),
-    h("td", {class: "num", "data-col": "size"}, formatSize(repo.size)),
-    h("td", {}, timeEl(repo.last_push)),
-    h("td", {class: "num"}, repo.tag_count ? copyButton(repo.pull_command, "copy-inline", "Copy pull") : null));
+/* ---------------------------------------------------------------- explore */
+
+async function explorePage() {
+  setChrome("explore");
+  const search = h("input", {type: "search", name: "q", placeholder: "Search public images", "aria-label": "Search public images"});
+  const results = h("div", {class: "table-box", "aria-live": "polite"}, h("div", {class: "loading"}, "Loading…"));
+  // Official images: GET /explore answers the mirror rules the caller may pull from in
+  // `official`; what each cached is on the Official images page (#/official).
+  const official = h("div", {});
+  render(pageHead("Explore", "Public images of every namespace: anyone may pull them"),
+    official,
+    h("section", {class: "panel", "aria-labelledby": "public-h"},
+      h("div", {class: "panel-head"}, h("h2", {id: "public-h"}, "Public repositories")),
+      h("div", {class: "toolbar"}, search), results));
+  let generation = 0;
+  async function load(cursor, append) {
+    const mine = ++generation;
+    const params = new URLSearchParams({limit: "20"});
+    if (search.value.trim()) params.set("q", search.value.trim());
+    if (cursor) params.set("cursor", cursor);
+    let page;
+    try { page = await api("GET", "/explore?" + params); } catch (error) {
+      if (!error.handled) results.replaceChildren(failure(error, () => load(cursor, append)));
+      return;
+    }
+    if (mine !== generation) return;
+    if (!append) {
+      official.replaceChildren(...(page.official && page.official.length ? [h("section", {class: "panel", "aria-labelledby": "official-h"},
+        h("div", {class: "panel-head"}, h("h2", {id: "official-h"}, "Official images"), " ",
+          h("a", {href: "#/official", "data-official-link": ""}, "Browse the cached official images")),
+        h("ul", {class: "plain-list"}, page.official.map(o => h("li", {"data-mirror": o.namespace},
+          h("a", {href: "#/official"}, `${o.namespace}/ (pulled through from ${o.upstream}/${o.prefix})`)))))] : []));
+    }
+    const rows = page.repositories.map(repo => h("tr", {"data-repo": repo.name},
+      h("td", {class: "cell-main"},
+        h("a", {class: "repo-name", href: `#/repo/${repo.name}`}, repo.name), " ", visibilityBadge(repo),
+        h("div", {class: repo.description ? "repo-desc" : "repo-desc none"}, repo.description || "No description")),
+      cell("Tags", {class: "num"}, String(repo.tag_count)),
+      cell("Last push", {}, timeEl(repo.last_push)),
+      h("td", {class: "num cell-actions"}, repo.tag_count ? copyButton(repo.pull_command, "copy-inline", "Copy pull") : null)));
+    let body = append ? results.querySelector("tbody") : null;
+    if (!append) {
+      if (!rows.length) {
+        results.replaceChildren(h("div", {class: "empty"}, h("h3", {}, search.value.trim() ? "No public images match" : "No public images yet"),
+          h("p", {}, "Owners make a repository or a whole namespace public; it then appears here.")));
+        return;
+      }
+      body = h("tbody");
+      results.replaceChildren(h("table", {class: "reflow"},
+        h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Repository"), h("th", {scope: "col", class: "num"}, "Tags"),
+          h("th", {scope: "col"}, "Last push"), h("th", {scope: "col"}, h("span", {class: "visually-hidden"}, "Pull")))),
+        body));
+    }
+    body.append(...rows);
+    moreButton(results, page.next_cursor, load);
+  }
+  searchAsYouType(search, load);
+  await load(null, false);
 }
 
 /* ---------------------------------------------------------------- repository page */
@@ -557,13 +833,22 @@ async function repositoryPage(name) {
       api("GET", `/repositories/${name}/_tags?limit=100`)]);
   } catch (error) {
     if (error.handled) return;
-    render(pageHead(name, null, null, h("a", {href: "#/"}, "← Images")),
-           failure(error.status === 404 ? new Error(`There is no repository ${name}, or you may not see it.`) : error,
-                   error.status === 404 ? null : () => repositoryPage(name)));
+    if (error.status === 404) {
+      render(pageHead(name, null, null, h("a", {href: "#/"}, "← Images")),
+        h("div", {class: "panel"}, h("div", {class: "empty", "data-state": "not-found"},
+          h("div", {class: "icon", "aria-hidden": "true"}, "?"),
+          h("h2", {}, "Repository not found"),
+          h("p", {}, `There is no repository ${name}: it was deleted or never created, or you may not see it.`),
+          h("a", {class: "btn", href: "#/"}, "Back to your images"))));
+      return;
+    }
+    render(pageHead(name, null, null, h("a", {href: "#/"}, "← Images")), failure(error, () => repositoryPage(name)));
     return;
   }
   const ref = `${HOST}/${repo.name}`;
   const tag = repo.latest_tag || "latest";
+  const canPush = repo.permissions.includes("push");
+  const newTag = proposeTag(repo.latest_tag, tags.tags.map(t => t.name));
 
   /* description, editable */
   const descBox = h("div", {class: "panel-body"});
@@ -599,16 +884,16 @@ async function repositoryPage(name) {
 
   /* tags */
   const tagBody = h("tbody");
-  const tagPanelBody = h("div", {});
+  const tagPanelBody = h("div", {class: "table-box"});
   function fillTags() {
     tagBody.replaceChildren(...tags.tags.map(tagRow));
     if (!tags.tags.length) {
       tagPanelBody.replaceChildren(h("div", {class: "empty"},
         h("h3", {}, "No tags"),
-        h("p", {}, "Push an image to this repository and its tags appear here."),
-        pushHowTo(repo.namespace, repo.name.slice(repo.namespace.length + 1))));
+        h("p", {}, canPush ? "Push an image to this repository (the commands are beside this) and its tags appear here."
+                           : "Nothing has been pushed to this repository yet.")));
     } else {
-      tagPanelBody.replaceChildren(h("table", {},
+      tagPanelBody.replaceChildren(h("table", {class: "reflow"},
         h("thead", {}, h("tr", {},
           h("th", {scope: "col"}, "Tag"), h("th", {scope: "col"}, "Digest"),
           h("th", {scope: "col", class: "num"}, "Size"), h("th", {scope: "col"}, "Pushed"),
@@ -620,14 +905,15 @@ async function repositoryPage(name) {
     const del = tags.can_delete ? h("button", {type: "button", class: "btn btn-small btn-danger-quiet",
       "aria-label": `Delete tag ${t.name}`, onclick: () => deleteTag(t)}, "Delete") : null;
     return h("tr", {"data-tag": t.name},
-      h("td", {},
+      h("td", {class: "cell-main"},
         h("span", {class: "mono repo-name"}, t.name), " ",
         t.kind !== "image" ? h("span", {class: "badge badge-kind"}, t.kind === "index" ? "multi-arch" : t.kind) : null,
-        t.platforms.length ? h("div", {class: "platforms"}, t.platforms.map(p => h("span", {class: "platform"}, p))) : null),
-      h("td", {}, h("span", {class: "mono muted", title: t.digest}, shortDigest(t.digest))),
-      h("td", {class: "num", "data-col": "size"}, formatSize(t.size)),
-      h("td", {}, timeEl(t.pushed)),
-      h("td", {class: "num"}, h("span", {class: "row-actions"}, copyButton(t.pull_command, "copy-inline", "Copy pull"), del)));
+        h("div", {class: "platforms", "data-platforms": t.platforms.join(" ")},
+          t.platforms.length ? t.platforms.map(p => h("span", {class: "platform", title: "OS/architecture"}, p)) : h("span", {class: "faint"}, "no platform"))),
+      cell("Digest", {class: "digest"}, copyButton(t.digest, "copy-inline mono", shortDigest(t.digest))),
+      cell("Size", {class: "num", "data-col": "size"}, formatSize(t.size)),
+      cell("Pushed", {}, timeEl(t.pushed)),
+      h("td", {class: "num cell-actions"}, h("span", {class: "row-actions"}, copyButton(t.pull_command, "copy-inline", "Copy pull"), del)));
   }
   async function deleteTag(t) {
     const others = tags.tags.filter(x => x.digest === t.digest && x.name !== t.name).map(x => x.name);
@@ -645,7 +931,7 @@ async function repositoryPage(name) {
   fillTags();
 
   async function deleteImage() {
-    const names = tags.tags.map(t => t.name);
+    const names = await allTags(repo.name);
     const ok = await confirmDialog({
       title: `Delete ${repo.name}?`, danger: true, confirmLabel: "Delete image",
       body: [h("p", {}, "This permanently deletes the repository ", h("strong", {class: "mono"}, repo.name), " and everything in it:"),
@@ -654,10 +940,7 @@ async function repositoryPage(name) {
                h("li", {}, `${repo.manifest_count} manifest${repo.manifest_count === 1 ? "" : "s"} (${formatSize(repo.size)})`),
                repo.description ? h("li", {}, "its description") : null),
              h("p", {class: "muted"}, "Pulls of these tags will fail. This cannot be undone.")],
-      action: async () => {
-        let answer;
-        do { answer = await api("DELETE", `/repositories/${repo.name}`); } while (answer && answer.complete === false);
-      },
+      action: () => deleteRepository(repo.name),
     });
     if (ok) {
       toast(`Deleted ${repo.name}`);
@@ -667,8 +950,7 @@ async function repositoryPage(name) {
 
   const title = h("span", {class: "repo-title"},
     h("span", {class: "ns"}, repo.namespace + "/"), repo.name.slice(repo.namespace.length + 1), " ",
-    h("span", {class: `badge badge-${repo.visibility}`}, repo.visibility),
-    repo.namespace_public && repo.visibility === "private" ? [" ", h("span", {class: "badge badge-public"}, "namespace public")] : null);
+    visibilityBadge(repo));
   render(
     pageHead(title, null, null, h("a", {href: "#/"}, "← Images")),
     h("div", {class: "facts"},
@@ -676,7 +958,7 @@ async function repositoryPage(name) {
       h("div", {class: "fact"}, h("div", {class: "k"}, "Size"), h("div", {class: "v", "data-fact": "size"}, formatSize(repo.size))),
       h("div", {class: "fact"}, h("div", {class: "k"}, "Last push"), h("div", {class: "v"}, timeEl(repo.last_push))),
       h("div", {class: "fact"}, h("div", {class: "k"}, "Your access"), h("div", {class: "v"}, repo.role || "pull"))),
-    h("div", {class: "grid"},
+    h("div", {class: "stack"},
       h("div", {},
         h("section", {class: "panel", "aria-labelledby": "about"},
           h("div", {class: "panel-head"}, h("h2", {id: "about"}, "About"),
@@ -690,14 +972,10 @@ async function repositoryPage(name) {
         h("section", {class: "panel", "aria-labelledby": "use"},
           h("div", {class: "panel-head"}, h("h2", {id: "use"}, "Use this image")),
           h("div", {class: "panel-body"},
-            h("div", {class: "cmd-label"}, "Pull"),
-            command(`docker pull ${ref}:${tag}`),
-            h("div", {class: "cmd-label"}, "Log in"),
-            command(`docker login ${HOST}`),
-            h("div", {class: "cmd-label"}, "Tag a local image"),
-            command(`docker tag my-image:latest ${ref}:${tag}`),
-            h("div", {class: "cmd-label"}, "Push"),
-            command(`docker push ${ref}:${tag}`))),
+            tags.tags.length ? pullCommands(ref, tag, !canPush && !(repo.visibility === "public" || repo.namespace_public)) : null,
+            canPush ? pushCommands(ref, newTag) : null,
+            plainHttpNote([...(tags.tags.length ? plainPullCommands(ref, tag) : []), ...(canPush ? plainPushCommands(ref, newTag) : [])]),
+            !canPush && !tags.tags.length ? h("p", {class: "muted"}, "No image to pull yet.") : null)),
         repo.can_delete ? h("section", {class: "panel danger-zone", "aria-labelledby": "danger"},
           h("div", {class: "panel-head"}, h("h2", {id: "danger"}, "Danger zone")),
           h("div", {class: "panel-body danger-row"},
@@ -719,25 +997,30 @@ async function accountPage() {
   onSubmit(pwForm, async (data) => {
     if (data.get("new_password") !== data.get("again")) throw new ApiError(400, {message: "The two new passwords differ.", field: "again"});
     await api("PUT", "/me/password", {current_password: data.get("current_password"), new_password: data.get("new_password")});
-    pwForm.reset();
-    toast("Password changed");
+    // the change ends every session, this one too
+    me = null;
+    flash = "Password changed: every session has ended. Sign in with the new password.";
+    signInPage();
   });
 
   const tokenList = h("div", {}, h("div", {class: "loading"}, "Loading tokens…"));
   const tokenName = h("input", {type: "text", name: "name", placeholder: "e.g. ci-deploy"});
   const tokenScope = h("select", {name: "scope"}, h("option", {value: "pull"}, "pull"), h("option", {value: "push"}, "push (and pull)"));
+  const tokenPassword = h("input", {type: "password", name: "password", autocomplete: "current-password"});
   const secretBox = h("div", {});
   const tokenForm = h("form", {class: "panel-body", novalidate: true},
     h("div", {class: "inline-form"}, field("Token name", tokenName), field("Scope", tokenScope),
+      field("Your password", tokenPassword),
       h("button", {type: "submit", class: "btn btn-primary"}, "Create token")),
     secretBox);
   onSubmit(tokenForm, async (data) => {
     const name = String(data.get("name")).trim();
     if (!name) throw new ApiError(400, {message: "Name the token after where it is used.", field: "name"});
-    const created = await api("POST", "/me/tokens", {name, scope: data.get("scope")});
+    if (!data.get("password")) throw new ApiError(400, {message: "Enter your password: a token lasts until it is revoked.", field: "password"});
+    const created = await api("POST", "/me/tokens", {name, scope: data.get("scope"), password: data.get("password")});
     tokenForm.reset();
     secretBox.replaceChildren(h("div", {class: "secret"},
-      h("div", {class: "notice"}, `Copy the token “${created.name}” now: it is not shown again. Use it as the password of docker login ${HOST} -u ${me.username}.`),
+      h("div", {class: "notice"}, `Copy the token “${created.name}” now: it is not shown again. Use it as the password of docker login --username=${me.username} ${HOST}.`),
       command(created.secret)));
     loadTokens();
   });
@@ -754,13 +1037,13 @@ async function accountPage() {
         h("p", {}, "Create one for CI or a server: it logs in to the registry only, with pull or push rights, and can be revoked at any time.")));
       return;
     }
-    tokenList.replaceChildren(h("table", {},
+    tokenList.replaceChildren(h("table", {class: "reflow"},
       h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Name"), h("th", {scope: "col"}, "Scope"),
         h("th", {scope: "col"}, "Created"), h("th", {scope: "col"}, "Last used"), h("th", {scope: "col", class: "num"}, "Actions"))),
       h("tbody", {}, live.map(t => h("tr", {"data-token": t.name},
-        h("td", {class: "repo-name"}, t.name), h("td", {}, h("span", {class: "badge"}, t.scope)),
-        h("td", {}, timeEl(t.created)), h("td", {}, timeEl(t.last_used)),
-        h("td", {class: "num"}, h("button", {type: "button", class: "btn btn-small btn-danger-quiet", "aria-label": `Revoke token ${t.name}`,
+        h("td", {class: "repo-name cell-main"}, t.name), cell("Scope", {}, h("span", {class: "badge"}, t.scope)),
+        cell("Created", {}, timeEl(t.created)), cell("Last used", {}, timeEl(t.last_used)),
+        h("td", {class: "num cell-actions"}, h("button", {type: "button", class: "btn btn-small btn-danger-quiet", "aria-label": `Revoke token ${t.name}`,
           onclick: async () => {
             const ok = await confirmDialog({title: `Revoke ${t.name}?`, danger: true, confirmLabel: "Revoke",
               body: h("p", {}, "Logins with this token stop working at once."),
@@ -771,7 +1054,7 @@ async function accountPage() {
 
   const nsName = h("input", {type: "text", name: "name", autocapitalize: "off", spellcheck: "false"});
   const nsForm = h("form", {class: "panel-body", novalidate: true},
-    h("div", {class: "inline-form"}, field("Add a namespace", nsName),
+    h("div", {class: "inline-form"}, field("Add a namespace", nsName, `— ${NAMESPACE_HINT}`),
       h("button", {type: "submit", class: "btn"}, "Activate")));
   onSubmit(nsForm, async (data) => {
     const value = String(data.get("name")).trim();
@@ -823,14 +1106,14 @@ async function usersPage() {
       if (!error.handled) list.replaceChildren(failure(error, load));
       return;
     }
-    list.replaceChildren(h("table", {},
+    list.replaceChildren(h("table", {class: "reflow"},
       h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "User"), h("th", {scope: "col"}, "Role"),
         h("th", {scope: "col"}, "Created"), h("th", {scope: "col", class: "num"}, "Actions"))),
       h("tbody", {}, answer.users.map(u => h("tr", {"data-user": u.username},
-        h("td", {class: "repo-name"}, u.username, u.disabled ? [" ", h("span", {class: "badge"}, "disabled")] : null),
-        h("td", {}, u.admin ? h("span", {class: "badge badge-kind"}, "admin") : "user"),
-        h("td", {}, timeEl(u.created)),
-        h("td", {class: "num"}, u.username === me.username ? h("span", {class: "faint"}, "you") :
+        h("td", {class: "repo-name cell-main"}, u.username, u.disabled ? [" ", h("span", {class: "badge"}, "disabled")] : null),
+        cell("Role", {}, u.admin ? h("span", {class: "badge badge-kind"}, "admin") : "user"),
+        cell("Created", {}, timeEl(u.created)),
+        h("td", {class: "num cell-actions"}, u.username === me.username ? h("span", {class: "faint"}, "you") :
           h("button", {type: "button", class: u.disabled ? "btn btn-small" : "btn btn-small btn-danger-quiet",
             onclick: async () => {
               try {
@@ -840,8 +1123,20 @@ async function usersPage() {
               } catch (error) { if (!error.handled) toast(error.message); }
             }}, u.disabled ? "Enable" : "Disable")))))));
   }
+  const inviteBox = h("div", {});
+  const inviteButton = h("button", {type: "button", class: "btn", onclick: async () => {
+    try {
+      const invite = await api("POST", "/invites");
+      inviteBox.replaceChildren(h("div", {class: "secret"},
+        h("div", {class: "notice"}, `A single-use invitation, valid until ${new Date(invite.expires * 1000).toLocaleDateString()}: send it to the newcomer (it is not shown again).`,
+          invite.signup !== "invite" ? ` Sign-up is ${invite.signup} on this registry (BERTH_SIGNUP): invitations are asked for only when it is "invite".` : ""),
+        command(invite.code)));
+    } catch (error) { if (!error.handled) toast(error.message); }
+  }}, "Create an invitation");
   render(pageHead("Users", "Everyone who may log in to this registry"),
     h("section", {class: "panel"}, h("div", {class: "panel-head"}, h("h2", {}, "New user")), form),
+    h("section", {class: "panel"}, h("div", {class: "panel-head"}, h("h2", {}, "Invitations"), h("div", {class: "actions"}, inviteButton)),
+      h("div", {class: "panel-body"}, h("p", {class: "muted"}, "With BERTH_SIGNUP=invite, newcomers sign up themselves with a code made here."), inviteBox)),
     h("section", {class: "panel"}, list));
   load();
 }
@@ -907,29 +1202,30 @@ async function officialPage() {
 
 async function route() {
   const hash = location.hash || "#/";
-  if (hash === "#/signin" || !session.valid()) {
-    if (hash !== "#/signin") { session.clear(); flash = flash || null; }
-    me = null;
-    signInPage();
-    if (hash !== "#/signin") history.replaceState(null, "", "#/signin");
-    return;
-  }
+  if (hash === "#/signup" && !me) return signUpPage();
   if (!me) {
-    try { me = await api("GET", "/me"); } catch (error) {
-      if (!error.handled) render(failure(error, route));
+    try { me = await request("GET", "/me"); } catch (error) {
+      if (error.status === 401) { signInPage(); return; }
+      render(failure(error, route));
       return;
     }
   }
-  if (!me.namespaces.length && !["#/account", "#/users", "#/official"].includes(hash)) { activatePage(); return; }
+  if (hash === "#/signin" || hash === "#/signup") { go("#/"); return; }
+  if (!me.namespaces.length && !["#/account", "#/users", "#/explore", "#/official"].includes(hash) && !hash.startsWith("#/repo/")) { activatePage(); return; }
   if (hash === "#/activate") { activatePage(); return; }
   main.focus({preventScroll: true});
   if (hash.startsWith("#/repo/")) return repositoryPage(decodeURIComponent(hash.slice(7)));
   if (hash === "#/account") return accountPage();
   if (hash === "#/users") return usersPage();
+  if (hash === "#/explore") return explorePage();
   if (hash === "#/official") return officialPage();
   return imagesPage();
 }
 
-document.getElementById("signout").addEventListener("click", () => { session.clear(); go("#/signin", "You are signed out."); });
+document.getElementById("signout").addEventListener("click", async () => {
+  try { await request("DELETE", "/session"); } catch (error) { /* already ended: signed out all the same */ }
+  me = null;
+  go("#/", "You are signed out.");
+});
 window.addEventListener("hashchange", route);
 route();
