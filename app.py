@@ -54,3 +54,12 @@ def api_berth():
 def gc_sweep(event):
     from chalicelib import gc
     return gc.scheduled(event)
+
+
+# Copies of big blobs into a mirror's cache (chalicelib/api/mirror.py): invoked asynchronously by
+# the API function (BERTH_MIRROR_COPY_FUNCTION), so a copy has this function's 15 minutes rather
+# than API Gateway's 29 seconds.
+@app.lambda_function(name="mirror_copy")
+def mirror_copy(event, context):
+    from chalicelib.api import mirror
+    return mirror.copy_event(event)

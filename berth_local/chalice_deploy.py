@@ -11,8 +11,9 @@ the bucket or the token key, and it takes IAM policies and environment variables
    under the names `chalice deploy` gives the functions;
 3. a generated Chalice project in .berth/chalice-deploy/STAGE/ (git-ignored): the app, and a
    .chalice/config.json that is the committed one plus, per function, the environment the stack's
-   outputs give (BERTH_TABLE, BERTH_BUCKET, BERTH_TOKEN_KEY_PARAM, only where the function reads
-   it) and concrete policy files: .chalice/policy-*.json with every CloudFormation reference
+   outputs give (BERTH_TABLE, BERTH_BUCKET, BERTH_TOKEN_KEY_PARAM, and the mirror's
+   BERTH_MIRROR_CREDENTIALS_PARAM, BERTH_MIRROR_COPY_FUNCTION, only where the function reads it)
+   and concrete policy files: .chalice/policy-*.json with every CloudFormation reference
    resolved against the stack. Chalice keeps its deployed state there (.chalice/deployed/);
 4. `chalice --project-dir .berth/chalice-deploy/STAGE deploy --stage STAGE`;
 5. the front door (berth_local.frontdoor_template.apply_to_rest_api): binary media types, the
@@ -46,10 +47,15 @@ SHARED_RESOURCES = ("Table", "BlobBucket", "BlobBucketPolicy")
 # Chalice function name (config.json `lambda_functions`) -> log group logical id (the policies
 # refer to it) and the settings that function reads.
 FUNCTIONS = {
-    "api_handler": ("ApiLogGroup", ("BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM")),
+    "api_handler": ("ApiLogGroup", ("BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM",
+                                    "BERTH_MIRROR_CREDENTIALS_PARAM", "BERTH_MIRROR_COPY_FUNCTION")),
     "gc": ("GcLogGroup", ("BERTH_TABLE", "BERTH_BUCKET")),
+    "mirror_copy": ("MirrorCopyLogGroup", ("BERTH_TABLE", "BERTH_BUCKET",
+                                           "BERTH_MIRROR_CREDENTIALS_PARAM")),
     "registry_auth": ("RegistryAuthLogGroup", ("BERTH_TOKEN_KEY_PARAM",)),
 }
+# Functions the policies refer to by logical id (the API invokes the mirror copy function).
+POLICY_FUNCTIONS = {"MirrorCopy": "mirror_copy"}
 LOG_RETENTION_DAYS = 30
 
 
@@ -65,6 +71,10 @@ def stack_name(stage: str) -> str:
 
 def key_parameter(stage: str) -> str:
     return f"/{stack_name(stage)}/token-key"
+
+
+def mirror_credentials_prefix(stage: str) -> str:
+    return f"/{stack_name(stage)}/mirror/"
 
 
 def project_dir(stage: str) -> Path:
@@ -177,7 +187,8 @@ class StackValues:
 
     ARN = {"AWS::DynamoDB::Table": "arn:{p}:dynamodb:{r}:{a}:table/{n}",
            "AWS::S3::Bucket": "arn:{p}:s3:::{n}",
-           "AWS::Logs::LogGroup": "arn:{p}:logs:{r}:{a}:log-group:{n}:*"}
+           "AWS::Logs::LogGroup": "arn:{p}:logs:{r}:{a}:log-group:{n}:*",
+           "AWS::Lambda::Function": "arn:{p}:lambda:{r}:{a}:function:{n}"}
 
     def __init__(self, resources: Dict[str, Dict[str, str]], stack: str, region: str,
                  account: str, partition: str) -> None:
@@ -299,9 +310,14 @@ def deploy(stage: str, chalice: str, target: Optional[Path] = None) -> Dict[str,
     ensure_token_key(session.client("ssm"), key_parameter(stage), stage)
     resources = deploy_stack(session.client("cloudformation"), stack,
                              resources_template(stage, app_name))
+    for logical, function in POLICY_FUNCTIONS.items():     # made by chalice deploy, not the stack
+        resources[logical] = {"type": "AWS::Lambda::Function",
+                              "physical": function_name(app_name, stage, function)}
     values = StackValues(resources, stack, region, account, partition)
     outputs = {"BERTH_TABLE": values.ref("Table"), "BERTH_BUCKET": values.ref("BlobBucket"),
-               "BERTH_TOKEN_KEY_PARAM": key_parameter(stage)}
+               "BERTH_TOKEN_KEY_PARAM": key_parameter(stage),
+               "BERTH_MIRROR_CREDENTIALS_PARAM": mirror_credentials_prefix(stage),
+               "BERTH_MIRROR_COPY_FUNCTION": values.ref("MirrorCopy")}
     target = write_project(stage, values, outputs, target or project_dir(stage))
 
     run = subprocess.run([chalice, "--project-dir", str(target), "deploy", "--stage", stage],

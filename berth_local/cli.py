@@ -10,7 +10,8 @@ from typing import Callable, Dict, List, Optional
 
 # name -> (help, function that adds arguments to its parser, function that runs it)
 COMMANDS: Dict[str, tuple] = {}
-_SUBCOMMAND_MODULES = ["berth_local.admin", "berth_local.proxy", "berth_local.gc_cli"]
+_SUBCOMMAND_MODULES = ["berth_local.admin", "berth_local.proxy", "berth_local.gc_cli",
+                       "berth_local.mirror_cli"]
 
 
 class CliError(Exception):

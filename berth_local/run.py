@@ -76,6 +76,8 @@ def main() -> int:
     try:
         backend.use_endpoint(endpoint)
         os.environ.setdefault("BERTH_TOKEN_KEY_FILE", str(_token_key_file()))
+        # upstream credentials of mirror rules (`berth mirror add --credentials-stdin`)
+        os.environ.setdefault("BERTH_MIRROR_CREDENTIALS_DIR", str(STATE_DIR / "mirror-credentials"))
         from chalicelib.storage.setup import ensure_resources
         ensure_resources()
         admin, generated_password = _ensure_admin()

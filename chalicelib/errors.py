@@ -20,6 +20,8 @@ ERROR_CODES: Dict[str, tuple] = {
     "DENIED": (403, "requested access to the resource is denied"),
     "UNSUPPORTED": (405, "the operation is unsupported"),
     "TOOMANYREQUESTS": (429, "too many requests"),
+    # distribution's errcode.ErrorCodeUnavailable: a mirror's upstream cannot be reached.
+    "UNAVAILABLE": (503, "service unavailable"),
     # Not in the OCI table, but what distribution answers for a bad `n`.
     "PAGINATION_NUMBER_INVALID": (400, "invalid number of results requested"),
     "RANGE_INVALID": (416, "invalid content range"),

@@ -21,6 +21,7 @@ Keys (models.py)
   _gc             touch#<ms>#<digest>          the blob was uploaded or mounted at <ms>
   _gc             deref#<ms>#<digest>          a manifest item referencing it was deleted
   _gc             untag#<ms>#<repo>#<digest>   the manifest may have become untagged
+  _gc             mirror#<ms>#<repo>           a mirrored repository was pulled (at most hourly)
 
 Reference counts
 ----------------
@@ -101,8 +102,10 @@ crash in between leaves a claimed item that the next sweep finishes. Found with 
 
 Costs and limits
 ----------------
-A sweep with nothing due makes 3 Queries (4 with the untagged policy) that return no item
-(bench/gc_bench.py: 3 requests, 1.5 read units, on a registry of 10,000 manifests). The `_gc`
+A sweep with nothing due makes 4 Queries (5 with the untagged policy; the fourth is mirror
+eviction's `mirror` events) that return no item
+(bench/gc_bench.py, measured before mirror eviction: 3 requests, 1.5 read units, on a registry
+of 10,000 manifests). The `_gc`
 partition receives one write per upload, mount, manifest delete and tag move: a single
 partition sustains 1,000 writes/s. `untag` events are written whether the policy is on or not
 (turned on, it then finds the manifests untagged before); with it off they accumulate, about
@@ -129,10 +132,10 @@ from pynamodb.exceptions import PutError, UpdateError
 from chalicelib import uploads
 from chalicelib.storage import blobstore, metadata
 from chalicelib.storage.metadata import Tx, TxFailed, get_blob, is_condition_failure
-from chalicelib.storage.models import (BLOB_LINK_PREFIX, BLOB_SK, DELETING, DEREF, GC_PK, TOUCH,
-                                       UNTAG, UPLOADS_PK, BlobItem, BlobLinkItem, GcQueueItem,
+from chalicelib.storage.models import (BLOB_LINK_PREFIX, BLOB_SK, DELETING, DEREF, GC_PK, MIRROR,
+                                       TOUCH, UNTAG, UPLOADS_PK, BlobItem, BlobLinkItem, GcQueueItem,
                                        LinkItem, TagItem, UploadItem, blob_link_sk, blob_pk,
-                                       gc_upto, link_sk, repo_pk, stamp)
+                                       gc_upto, link_sk, millis, repo_pk, stamp)
 
 log = logging.getLogger("berth.gc")
 
@@ -160,6 +163,7 @@ class Policy:
     grace: float = DEFAULT_GRACE
     untagged_max_age: Optional[float] = None     # None: untagged manifests are kept
     upload_max_age: float = DEFAULT_UPLOAD_MAX_AGE
+    mirror_max_idle: Optional[float] = 30 * 86400.0   # None: cached images are never evicted
 
     @classmethod
     def from_env(cls) -> "Policy":
@@ -167,7 +171,8 @@ class Policy:
             return parse_duration(os.environ.get(name) or default, allow_never)
         return cls(grace=env("BERTH_GC_GRACE", "1h"),
                    untagged_max_age=env("BERTH_GC_UNTAGGED_MAX_AGE", "never", True),
-                   upload_max_age=env("BERTH_GC_UPLOAD_MAX_AGE", "24h"))
+                   upload_max_age=env("BERTH_GC_UPLOAD_MAX_AGE", "24h"),
+                   mirror_max_idle=env("BERTH_MIRROR_MAX_IDLE", "30d", True))
 
 
 @dataclass
@@ -183,6 +188,7 @@ class Report:
     manifests_deleted: int = 0
     sessions_deleted: int = 0
     orphans_deleted: int = 0      # S3 objects of uploads that died before recording them
+    mirror_repositories_evicted: int = 0   # cached images not pulled for BERTH_MIRROR_MAX_IDLE
     events_read: int = 0          # GC queue items looked at
     blobs_in_use: int = 0         # events about blobs found referenced or within grace
     blobs_busy: int = 0           # claimed by another sweep, or our lease ran out: next run
@@ -293,6 +299,8 @@ def sweep(*, now: Optional[float] = None, grace: Optional[float] = None,
             _sweep_sessions(report, now - policy.upload_max_age, dry_run, deadline)
             if policy.untagged_max_age is not None:
                 _sweep_untagged(report, now - policy.untagged_max_age, dry_run, deadline)
+            if env.mirror_max_idle is not None:     # before the blobs: its derefs are due now
+                _sweep_mirrors(report, now - env.mirror_max_idle, dry_run, deadline)
             _sweep_blobs(report, now, now - policy.grace, dry_run, deadline)
         except _OutOfTime:
             report.complete = False
@@ -304,6 +312,32 @@ def sweep(*, now: Optional[float] = None, grace: Optional[float] = None,
     report.dynamodb_read_units = round(counts["read_units"], 2)
     report.dynamodb_write_units = round(counts["write_units"], 2)
     return report
+
+
+def _sweep_mirrors(report: Report, cutoff: float, dry_run: bool,
+                   deadline: Optional[float]) -> None:
+    """Evict mirrored repositories nobody pulled from since `cutoff` (storage/mirrors.py): a
+    `mirror` event is written whenever "last pulled" moves (at most hourly), with that time, so a
+    due event whose repository was not pulled again since means idle. The blob phase below then
+    frees the blobs that nothing else references (their `deref` events are due at once)."""
+    from chalicelib.storage import mirrors
+    drops = _Drops()
+    try:
+        for event in _events(MIRROR, cutoff):
+            _check_time(deadline)
+            report.events_read += 1
+            _, when, repository = event.sk.split("#", 2)
+            pulled = mirrors.last_pulled(repository)
+            if pulled is not None and millis(pulled) > int(when):
+                drops.add(event.sk)          # pulled again since: a later event covers it
+                continue
+            report.mirror_repositories_evicted += 1
+            if not dry_run:
+                report.manifests_deleted += mirrors.evict_repository(repository)
+                drops.add(event.sk)
+    finally:
+        if not dry_run:
+            drops.flush()
 
 
 def _check_time(deadline: Optional[float]) -> None:
@@ -666,6 +700,10 @@ def audit() -> Dict[str, list]:
     tags = [(t.pk[5:], t.sk[4:], t.digest) for t in TagItem.scan(
         TagItem.pk.startswith("repo#") & TagItem.sk.startswith("tag#"), consistent_read=True)]
     refs: Dict[str, int] = {}
+    from chalicelib.storage.mirrors import HOLD_PREFIX, MirrorHoldItem
+    for hold in MirrorHoldItem.scan(MirrorHoldItem.sk.startswith(HOLD_PREFIX),
+                                    consistent_read=True):   # a mirror's reference on a blob
+        refs[hold.sk[len(HOLD_PREFIX):]] = refs.get(hold.sk[len(HOLD_PREFIX):], 0) + 1
     parents: Dict[Tuple[str, str], int] = {}
     for (repo, digest), item in manifests.items():
         for blob in metadata.manifest_refs(digest, item):

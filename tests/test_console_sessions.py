@@ -9,6 +9,7 @@ import requests
 
 from chalicelib.auth import accounts
 from chalicelib.config import settings
+from chalicelib.storage import mirrors
 from tests.support.registry_api import ADMIN, push_image
 from tests.test_manage_api import PASSWORD, Api, new_user, refused
 
@@ -178,7 +179,7 @@ def test_explore_lists_public_repositories_of_every_namespace(registry):
         r = viewer.get("explore", params={"limit": 50, **({"cursor": cursor} if cursor else {})})
         assert r.status_code == 200, r.text
         seen.update({x["name"]: x for x in r.json()["repositories"]})
-        assert r.json()["official"] == []
+        assert "library" in [o["namespace"] for o in r.json()["official"]]  # the default rule
         cursor = r.json()["next_cursor"]
         if not cursor:
             break
@@ -205,13 +206,15 @@ def test_explore_reads_are_bounded_by_private_repositories(registry, aws_calls):
             batch.save(item)
     viewer = Api(registry, new_user())
     try:
+        mirrors.rules(fresh=True)       # the default rules are seeded before counting
         aws_calls.reset()
         r = viewer.get("explore", params={"limit": 20})
         assert r.status_code == 200, r.text
         assert r.json()["repositories"] == [] and r.json()["next_cursor"]
         queries = aws_calls.calls[("dynamodb", "Query")]
-        assert queries == 5, aws_calls.calls
-        assert aws_calls.count("dynamodb") <= 5 + 3, aws_calls.calls   # + user, namespace
+        # + one Query of the mirror rules when this process's 5-second cache of them has expired
+        assert 5 <= queries <= 6, aws_calls.calls
+        assert aws_calls.count("dynamodb") <= 6 + 3, aws_calls.calls   # + user, namespace
     finally:
         with RepoItem.batch_write() as batch:
             for item in bulk:

@@ -4,11 +4,12 @@
     written in by berth_local.frontdoor_template, works for every stage and its template, as
     written and as the SAM transform turns it into plain CloudFormation, passes cfn-lint; the
     resources and the front door are what docs/deploy.md and chalicelib/frontdoor.py say.
-(b) Each function's IAM policy (.chalice/policy-{api,gc,registry-auth}.json) grants exactly the
-    actions its code needs, on exactly the stage's resources: the AWS calls are recorded in
-    botocore while the API runs a push/pull/delete scenario through the local gateway against
-    moto, and while the authorizer and the GC run through their Lambda entry points; every call
-    site found statically in the package must have run.
+(b) Each function's IAM policy (.chalice/policy-{api,gc,registry-auth,mirror-copy}.json) grants
+    exactly the actions its code needs, on exactly the stage's resources: the AWS calls are
+    recorded in botocore while the API runs a push/pull/delete/mirror scenario through the local
+    gateway against moto, and while the authorizer, the GC and the mirror copy function run
+    through their Lambda entry points; every call site found statically in the package must have
+    run.
 (c) Each stage's configuration loads with Chalice's own loader, and app.py imports with the
     environment the stage's Lambda gets.
 Plus the deploy and teardown scripts, run against a stand-in `aws` command, and
@@ -18,7 +19,9 @@ fetches the Linux wheels of requirements.txt from the configured package index).
 from __future__ import annotations
 
 import ast
+import base64
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -47,6 +50,9 @@ LOCAL_ONLY = {ROOT / "chalicelib" / "storage" / "setup.py"}
 
 # Settings the Lambda must get from its stage: without them the app falls back to local defaults.
 REQUIRED_ENV = ("BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM", "BERTH_PRESIGN_EXPIRES")
+# Settings whose values come from the stack (each function gets those it reads).
+STACK_SETTINGS = ("BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM",
+                  "BERTH_MIRROR_CREDENTIALS_PARAM", "BERTH_MIRROR_COPY_FUNCTION")
 
 
 def stack_name(stage: str) -> str:
@@ -486,7 +492,9 @@ DYNAMODB_ACTIONS = {op: {f"dynamodb:{op}"} for op in (
 TRANSACT_ITEM_ACTIONS = {"Put": "dynamodb:PutItem", "Update": "dynamodb:UpdateItem",
                          "Delete": "dynamodb:DeleteItem", "ConditionCheck": "dynamodb:ConditionCheckItem",
                          "Get": "dynamodb:GetItem"}
-SSM_ACTIONS = {"GetParameter": {"ssm:GetParameter"}, "GetParameters": {"ssm:GetParameters"}}
+SSM_ACTIONS = {"GetParameter": {"ssm:GetParameter"}, "GetParameters": {"ssm:GetParameters"},
+               "PutParameter": {"ssm:PutParameter"}, "DeleteParameter": {"ssm:DeleteParameter"}}
+LAMBDA_ACTIONS = {"Invoke": {"lambda:InvokeFunction"}}   # mirror copies (chalicelib/api/mirror.py)
 # What the Lambda service does with the function's role to write its logs.
 LAMBDA_LOGS = {"logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
@@ -495,14 +503,16 @@ def iam_actions(service: str, operation: str, params: Optional[dict] = None) -> 
     if service == "dynamodb" and operation in ("TransactWriteItems", "TransactGetItems"):
         return {TRANSACT_ITEM_ACTIONS[kind] for item in (params or {}).get("TransactItems", [])
                 for kind in item}
-    table = {"s3": S3_ACTIONS, "dynamodb": DYNAMODB_ACTIONS, "ssm": SSM_ACTIONS}[service]
+    table = {"s3": S3_ACTIONS, "dynamodb": DYNAMODB_ACTIONS, "ssm": SSM_ACTIONS,
+             "lambda": LAMBDA_ACTIONS}[service]
     assert operation in table, f"{service}:{operation} has no IAM mapping in this test; add it"
     return table[operation]
 
 
 # The functions of the package (Chalice's names: `lambda_functions` keys in .chalice/config.json),
 # with their logical ids in the packaged template.
-FUNCTIONS = {"api_handler": "APIHandler", "gc": "Gc", "registry_auth": "RegistryAuth"}
+FUNCTIONS = {"api_handler": "APIHandler", "gc": "Gc", "registry_auth": "RegistryAuth",
+             "mirror_copy": "MirrorCopy"}
 
 
 class Recorder:
@@ -526,12 +536,19 @@ class Recorder:
         return {op for s, op, _ in calls if s == service}
 
 
+KEY_PARAM = "/deploycheck/token-key"
+MIRROR_PARAM_PREFIX = "/deploycheck/mirror/"
+
+
 @pytest.fixture(scope="module")
 def recorded(registry) -> Recorder:
-    """Every AWS call each function makes: the API function while a push/pull/delete scenario
-    runs through the gateway, the authorizer and the GC function through their Lambda entry
-    points (app.registry_auth, app.gc_sweep). The token key comes from SSM, as in AWS, and each
-    function starts with no key cached (one Lambda instance each)."""
+    """Every AWS call each function makes: the API function while a push/pull/delete/mirror
+    scenario runs through the gateway, the authorizer, the GC and the mirror copy function
+    through their Lambda entry points (app.registry_auth, app.gc_sweep, app.mirror_copy). The
+    token key and a mirror rule's upstream credentials come from SSM, as in AWS, and each
+    function starts with no key cached (one Lambda instance each). The API's asynchronous
+    invocations of the copy function are recorded and their events then given to
+    app.mirror_copy, as Lambda would."""
     import boto3
     from botocore.client import BaseClient
     from botocore.signers import RequestSigner
@@ -540,9 +557,15 @@ def recorded(registry) -> Recorder:
     recorder = Recorder()
     original = BaseClient._make_api_call
     original_presign = RequestSigner.generate_presigned_url
+    invoked: List[dict] = []
 
     def recording(self, operation_name, api_params):
-        recorder.record(self.meta.service_model.service_name, operation_name, api_params)
+        service = self.meta.service_model.service_name
+        recorder.record(service, operation_name, api_params)
+        if service == "lambda":     # moto runs no function: Lambda's answer to an Event invoke
+            assert (operation_name, api_params["InvocationType"]) == ("Invoke", "Event")
+            invoked.append(json.loads(api_params["Payload"]))
+            return {"StatusCode": 202}
         return original(self, operation_name, api_params)
 
     def presigning(self, request_dict, operation_name, *args, **kwargs):
@@ -550,7 +573,7 @@ def recorded(registry) -> Recorder:
         recorder.record(self._service_id.hyphenize(), operation_name, {})
         return original_presign(self, request_dict, operation_name, *args, **kwargs)
 
-    key_param = "/deploycheck/token-key"
+    key_param = KEY_PARAM
     from chalicelib.config import settings
     boto3.client("ssm", endpoint_url=settings().endpoint).put_parameter(Name=key_param, Type="SecureString", Overwrite=True,
                                       Value=os.environ["BERTH_TOKEN_KEY"])
@@ -559,10 +582,24 @@ def recorded(registry) -> Recorder:
         mp.setattr(RequestSigner, "generate_presigned_url", presigning)
         mp.setenv("BERTH_TOKEN_KEY_PARAM", key_param)
         mp.delenv("BERTH_TOKEN_KEY")
+        mp.setenv("BERTH_MIRROR_CREDENTIALS_PARAM", MIRROR_PARAM_PREFIX)
+        mp.delenv("BERTH_MIRROR_CREDENTIALS_DIR", raising=False)
+        mp.setenv("BERTH_MIRROR_COPY_FUNCTION", "deploycheck-mirror-copy")
+        mp.setenv("BERTH_MIRROR_ALLOW_LOOPBACK", "1")       # the upstream below is on 127.0.0.1
+        mp.setenv("BERTH_MIRROR_SYNC_COPY_MAX", str(MIB))
+        mp.setenv("BERTH_MIRROR_WAIT", "0")     # the copy runs after the request, below
+        upstream = StaticUpstream()
         try:
             tokens.forget_key()
             run_scenario(registry)
+            mirror_pull = run_mirror_scenario(registry, upstream)
             token = tokens.issue("admin", [])["token"]
+
+            recorder.running = "mirror_copy"
+            outcomes = [berth_app.mirror_copy(event, LambdaContext()) for event in invoked]
+            assert sorted(o["copied"] for o in outcomes) == [False, True], outcomes
+            recorder.running = "api_handler"
+            mirror_pull()           # the copied blob is served from S3; the rule is removed
 
             recorder.running = "registry_auth"
             tokens.forget_key()
@@ -573,13 +610,16 @@ def recorded(registry) -> Recorder:
 
             recorder.running = "gc"
             tokens.forget_key()
-            for name in ("BERTH_GC_GRACE", "BERTH_GC_UPLOAD_MAX_AGE", "BERTH_GC_UNTAGGED_MAX_AGE"):
+            for name in ("BERTH_GC_GRACE", "BERTH_GC_UPLOAD_MAX_AGE", "BERTH_GC_UNTAGGED_MAX_AGE",
+                         "BERTH_MIRROR_MAX_IDLE"):
                 mp.setenv(name, "0")        # every policy on, everything due
             report = berth_app.gc_sweep(scheduled_event(), LambdaContext())
             assert report["blobs_deleted"] and report["sessions_deleted"], report
             assert report["manifests_deleted"] and report["complete"], report
+            assert report["mirror_repositories_evicted"], report
         finally:
             tokens.forget_key()
+            upstream.close()
     return recorder
 
 
@@ -699,6 +739,97 @@ def run_scenario(base: str) -> None:
     assert http.delete(f"{base}/v2/{other}/manifests/gone").status_code == 202
 
 
+class StaticUpstream:
+    """An upstream registry for the mirror scenario, on 127.0.0.1 in a thread (it calls no AWS,
+    so it adds nothing to the recording): basic auth like a private registry's, one image
+    `up/app:1` whose layer is bigger than the in-request copy limit, and a blob whose bytes do
+    not match its digest."""
+
+    USER, PASSWORD = "mirror-user", "mirror-password"
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler
+        from tests.support.registry_api import image_manifest
+        from tests.support.upstream_gate import reply, serve_locally
+
+        def digest(data: bytes) -> str:
+            return "sha256:" + hashlib.sha256(data).hexdigest()
+        self.config = b'{"architecture":"amd64","os":"linux"}'
+        self.layer = os.urandom(9 * MIB)          # over a multipart part: copied in parts
+        self.corrupt = digest(b"what the upstream should have sent")
+        self.blobs = {digest(self.config): self.config, digest(self.layer): self.layer,
+                      self.corrupt: os.urandom(9 * MIB)}
+        self.manifest = image_manifest(digest(self.config), len(self.config),
+                                       [(digest(self.layer), len(self.layer))])
+        self.manifest_digest = digest(self.manifest)
+        expected = "Basic " + base64.b64encode(f"{self.USER}:{self.PASSWORD}".encode()).decode()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                if self.headers.get("Authorization") != expected:
+                    return self.answer(401, b"", {"WWW-Authenticate": 'Basic realm="up"'})
+                match = re.fullmatch(r"/v2/up/app/(manifests|blobs)/([^/]+)", self.path)
+                if match and match[1] == "manifests" and match[2] in ("1", upstream.manifest_digest):
+                    return self.answer(200, upstream.manifest, {
+                        "Content-Type": "application/vnd.oci.image.manifest.v1+json",
+                        "Docker-Content-Digest": upstream.manifest_digest})
+                if match and match[1] == "blobs" and match[2] in upstream.blobs:
+                    return self.answer(200, upstream.blobs[match[2]], {
+                        "Content-Type": "application/octet-stream", "Docker-Content-Digest": match[2]})
+                self.answer(404, b'{"errors":[{"code":"NAME_UNKNOWN"}]}', {})
+
+            def answer(self, status: int, body: bytes, headers: Dict[str, str]) -> None:
+                reply(self, status, headers, body)
+
+        self.server, self.url = serve_locally(Handler)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_mirror_scenario(base: str, upstream: StaticUpstream):
+    """A mirror rule with upstream credentials (to SSM), a pull through it: the manifest and the
+    small config copied in the request, the big layer and the corrupt blob handed to the copy
+    function (503 meanwhile: nothing derived from credentials is handed out). Returns what runs
+    after the copies: the layer is then a 307 to S3, and the rule is removed (its credentials
+    too)."""
+    import requests
+    from tests.support.registry_api import http
+    console = requests.get(f"{base}/v2/_berth/token", auth=("admin", "admin-test-password"),
+                           params={"service": "berth", "scope": "berth:api:*"}).json()["token"]
+    api = {"Authorization": f"Bearer {console}"}
+    r = requests.put(f"{base}/v2/_berth/api/mirrors/deploymirror", headers=api, json={
+        "upstream": upstream.url, "prefix": "up/", "public": False,
+        "credentials": {"username": upstream.USER, "password": upstream.PASSWORD}})
+    assert r.status_code == 200, r.text
+    repo = "deploymirror/app"
+    r = http.get(f"{base}/v2/{repo}/manifests/1",
+                 headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == upstream.manifest_digest
+    config, layer = [f"sha256:{hashlib.sha256(b).hexdigest()}"
+                     for b in (upstream.config, upstream.layer)]
+    assert http.get(f"{base}/v2/{repo}/blobs/{config}", allow_redirects=False).status_code == 307
+    for big in (layer, upstream.corrupt):
+        r = http.get(f"{base}/v2/{repo}/blobs/{big}", allow_redirects=False)
+        assert r.status_code == 503 and r.headers["Retry-After"], r.text
+
+    def after_the_copies() -> None:
+        r = http.get(f"{base}/v2/{repo}/blobs/{layer}", allow_redirects=False)
+        assert r.status_code == 307, r.text
+        assert requests.get(r.headers["Location"]).content == upstream.layer
+        assert requests.delete(f"{base}/v2/_berth/api/mirrors/deploymirror",
+                               headers=api).status_code == 204
+    return after_the_copies
+
+
 def granted_actions(policy: dict) -> Dict[str, Set[str]]:
     by_service: Dict[str, Set[str]] = {}
     for statement in policy["Statement"]:
@@ -727,11 +858,12 @@ def test_every_aws_call_in_the_code_ran_in_some_function(recorded):
     """The recording is what decides each function's grants, so it must cover every call site
     the code has (found statically in everything packaged into the Lambda)."""
     static = static_boto3_calls()
-    assert {s for s, _ in static} <= {"s3", "ssm"}, f"a new AWS service is called: {static}"
+    assert {s for s, _ in static} <= {"s3", "ssm", "lambda"}, \
+        f"a new AWS service is called: {static}"
     ran = {(s, op) for s, op, _ in recorded.calls}
-    assert {s for s, _ in ran} <= {"s3", "dynamodb", "ssm"}
+    assert {s for s, _ in ran} <= {"s3", "dynamodb", "ssm", "lambda"}
     assert static <= ran, f"calls in the code that no function's scenario made: {static - ran}"
-    for service in ("s3", "ssm"):     # and the scan finds every call that ran
+    for service in ("s3", "ssm", "lambda"):     # and the scan finds every call that ran
         missed = recorded.ops(service) - {op for s, op in static if s == service}
         assert not missed, f"{service} calls the static scan did not find: {missed}"
 
@@ -749,7 +881,9 @@ def test_iam_policy_grants_exactly_what_the_code_calls(stage, function, recorded
 
 def test_functions_are_kept_apart(recorded):
     """What issue #9 asks in plain words: the GC cannot read the token key, the API cannot delete
-    a stored blob or batch-write, the authorizer can do nothing but read the key."""
+    a content-addressed blob or batch-write (it deletes only upload staging and assembled uploads
+    that did not become the blob), the authorizer can do nothing but read the key, the mirror
+    copy function can only write objects, never read, list or delete one."""
     gc = granted_actions(policy_file("prod", "gc"))
     assert "ssm" not in gc
     api = policy_file("prod", "api_handler")
@@ -760,6 +894,9 @@ def test_functions_are_kept_apart(recorded):
             assert statement["Resource"] == [{"Fn::Sub": "${BlobBucket.Arn}/uploads/*"},
                                              {"Fn::Sub": "${BlobBucket.Arn}/blobs/u/*"}]
     assert set(granted_actions(policy_file("prod", "registry_auth"))) == {"ssm", "logs"}
+    copier = granted_actions(policy_file("prod", "mirror_copy"))
+    assert copier["s3"] == {"s3:PutObject", "s3:AbortMultipartUpload"}
+    assert copier["ssm"] == {"ssm:GetParameter"} and "lambda" not in copier
 
 
 # Key prefixes an object grant may be narrowed to: upload staging, and the objects chunked uploads
@@ -786,6 +923,24 @@ def s3_key_patterns(calls: Iterable[Tuple[str, str, dict]], bucket_arn: str) -> 
     return {action: narrowest(used) for action, used in keys.items()}
 
 
+def ssm_parameter_patterns(calls: Iterable[Tuple[str, str, dict]], env: Dict[str, str]) -> Dict[str, Set[str]]:
+    """IAM action -> the parameters the calls used, under the stage's names: the token key, and
+    the mirror credentials' prefix (one parameter per rule, so the grant is on the prefix)."""
+    arn = f"arn:{PARTITION}:ssm:{REGION}:{ACCOUNT}:parameter"
+    patterns: Dict[str, Set[str]] = {}
+    for service, op, params in calls:
+        if service != "ssm":
+            continue
+        if params["Name"].startswith(MIRROR_PARAM_PREFIX):
+            resource = f"{arn}{env['BERTH_MIRROR_CREDENTIALS_PARAM']}*"
+        else:
+            assert params["Name"] == KEY_PARAM, params["Name"]
+            resource = f"{arn}{env['BERTH_TOKEN_KEY_PARAM']}"
+        for action in iam_actions(service, op):
+            patterns.setdefault(action, set()).add(resource)
+    return patterns
+
+
 @pytest.mark.parametrize("function", FUNCTIONS)
 @pytest.mark.parametrize("stage", STAGES)
 def test_iam_policy_names_only_this_stages_resources(stage, function, packaged, recorded):
@@ -799,28 +954,33 @@ def test_iam_policy_names_only_this_stages_resources(stage, function, packaged, 
     expected = {
         "dynamodb": {table_arn},    # no index: the table has none
         "s3:ListBucket": {bucket_arn},
-        "ssm": {f"arn:{PARTITION}:ssm:{REGION}:{ACCOUNT}:parameter{env['BERTH_TOKEN_KEY_PARAM']}"},
+        "lambda": {f"arn:{PARTITION}:lambda:{REGION}:{ACCOUNT}:function:"
+                   f"{env['BERTH_MIRROR_COPY_FUNCTION']}"},
         "logs": {f"arn:{PARTITION}:logs:{REGION}:{ACCOUNT}:log-group:/aws/lambda/{name}:*"},
         **s3_key_patterns(calls, bucket_arn),
+        **ssm_parameter_patterns(calls, env),
     }
+    granted: Dict[str, Set[str]] = {}       # action -> every resource a statement grants it on
     list_prefixes = None
     for statement in resolve(policy_file(stage, function))["Statement"]:
         resources = statement["Resource"]
         resources = {resources} if isinstance(resources, str) else set(resources)
         actions = statement["Action"]
         for action in [actions] if isinstance(actions, str) else actions:
-            key = action if action in expected else action.split(":")[0]
-            assert resources == expected[key], (action, resources)
+            granted.setdefault(action, set()).update(resources)
         if statement["Action"] == "s3:ListBucket":
             list_prefixes = statement["Condition"]["StringLike"]["s3:prefix"]
             list_prefixes = [list_prefixes] if isinstance(list_prefixes, str) else list_prefixes
         else:
             assert "Condition" not in statement
+    for action, resources in granted.items():
+        key = action if action in expected else action.split(":")[0]
+        assert resources == expected[key], (action, resources)
     # Every listing the code made falls under the prefixes the ListBucket grant is limited to.
     listed = {p.get("Prefix", "") for s, op, p in calls if op.startswith("ListObjects")}
     for prefix in listed:
         assert any(fnmatch.fnmatchcase(prefix, pattern) for pattern in list_prefixes), prefix
-    if function != "registry_auth":
+    if function in ("api_handler", "gc"):
         assert listed, "the scenario listed nothing: it no longer covers upload clean-up"
 
 
@@ -873,12 +1033,18 @@ def test_stage_configuration_loads(stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_function_gets_only_the_names_it_reads(stage, packaged):
-    """The GC is not told where the token key is; the authorizer knows nothing but the key."""
-    names = {"BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM"}
+    """The GC is not told where the token key is; the authorizer knows nothing but the key; the
+    mirror copy function gets where the upstream credentials are, not the key."""
+    names = set(STACK_SETTINGS)
     given = {function: set(lambda_environment(packaged[stage], stage, logical)) & names
              for function, logical in FUNCTIONS.items()}
     assert given == {"api_handler": names, "gc": {"BERTH_TABLE", "BERTH_BUCKET"},
-                     "registry_auth": {"BERTH_TOKEN_KEY_PARAM"}}
+                     "registry_auth": {"BERTH_TOKEN_KEY_PARAM"},
+                     "mirror_copy": {"BERTH_TABLE", "BERTH_BUCKET",
+                                     "BERTH_MIRROR_CREDENTIALS_PARAM"}}
+    env = lambda_environment(packaged[stage], stage)
+    assert env["BERTH_MIRROR_COPY_FUNCTION"] == Resolver(packaged[stage], stack_name(stage)).ref("MirrorCopy")
+    assert env["BERTH_MIRROR_CREDENTIALS_PARAM"] == f"/{stack_name(stage)}/mirror/"
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -1167,16 +1333,23 @@ def test_chalice_deploy_gets_as_far_as_moto_allows(chalice_deployed):
     groups = {g["logGroupName"]: g.get("retentionInDays")
               for g in client("logs").describe_log_groups(logGroupNamePrefix="/aws/lambda/berth-dev")["logGroups"]}
     names = {"api_handler": "berth-dev", "gc": "berth-dev-gc",
-             "registry_auth": "berth-dev-registry_auth"}           # Chalice's function names
+             "registry_auth": "berth-dev-registry_auth",
+             "mirror_copy": "berth-dev-mirror_copy"}                # Chalice's function names
     assert groups == {f"/aws/lambda/{name}": 30 for name in names.values()}
 
     # the functions: each with its own role, its concrete policy and only the settings it reads
     lam, iam = client("lambda"), client("iam")
     table_arn = f"arn:{PARTITION}:dynamodb:{REGION}:{ACCOUNT}:table/{stack}"
-    expected_env = {"api_handler": {"BERTH_TABLE": stack, "BERTH_BUCKET": bucket, "BERTH_TOKEN_KEY_PARAM": key},
+    mirror = f"/{stack}/mirror/"
+    expected_env = {"api_handler": {"BERTH_TABLE": stack, "BERTH_BUCKET": bucket, "BERTH_TOKEN_KEY_PARAM": key,
+                                    "BERTH_MIRROR_CREDENTIALS_PARAM": mirror,
+                                    "BERTH_MIRROR_COPY_FUNCTION": names["mirror_copy"]},
                     "gc": {"BERTH_TABLE": stack, "BERTH_BUCKET": bucket},
-                    "registry_auth": {"BERTH_TOKEN_KEY_PARAM": key}}
-    handlers = {"api_handler": "app.app", "gc": "app.gc_sweep", "registry_auth": "app.registry_auth"}
+                    "registry_auth": {"BERTH_TOKEN_KEY_PARAM": key},
+                    "mirror_copy": {"BERTH_TABLE": stack, "BERTH_BUCKET": bucket,
+                                    "BERTH_MIRROR_CREDENTIALS_PARAM": mirror}}
+    handlers = {"api_handler": "app.app", "gc": "app.gc_sweep", "registry_auth": "app.registry_auth",
+                "mirror_copy": "app.mirror_copy"}
     roles = set()
     for function, name in names.items():
         fn = lam.get_function_configuration(FunctionName=name)
@@ -1184,7 +1357,7 @@ def test_chalice_deploy_gets_as_far_as_moto_allows(chalice_deployed):
         assert fn["Handler"] == handlers[function]
         assert (fn["MemorySize"], fn["Timeout"]) == (config.lambda_memory_size, config.lambda_timeout)
         variables = fn["Environment"]["Variables"]
-        berth = {k: v for k, v in variables.items() if k in ("BERTH_TABLE", "BERTH_BUCKET", "BERTH_TOKEN_KEY_PARAM")}
+        berth = {k: v for k, v in variables.items() if k in STACK_SETTINGS}
         assert berth == expected_env[function], function
         role = fn["Role"].rsplit("/", 1)[1]
         roles.add(role)

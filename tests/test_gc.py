@@ -349,7 +349,8 @@ def test_a_sweep_with_nothing_due_reads_nothing_but_its_queue(registry):
     push(registry, "gc/idle", "v1", [os.urandom(100)])
     report = gc.sweep()                    # default grace: the new blobs are not due yet
     assert report.blobs_deleted == 0 and report.events_read == 0
-    assert report.requests == {"dynamodb:Query": 3}, report.requests   # sessions, deref, touch
+    # sessions, deref, mirror (eviction of idle mirrored repositories), touch
+    assert report.requests == {"dynamodb:Query": 4}, report.requests
 
 
 def test_the_scheduled_function_sweeps_within_the_lambda_time_and_logs_json(registry, capsys,

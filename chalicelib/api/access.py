@@ -13,6 +13,7 @@ from chalicelib.auth import refusals, tokens
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
 from chalicelib.config import settings
 from chalicelib.errors import RegistryError
+from chalicelib.storage import mirrors
 
 TOKEN_PATH = "_berth/token"
 
@@ -84,6 +85,8 @@ def authorize(request: Request, route: Route) -> None:
     """Raise the 401 a client must see unless its token allows this route on this repository."""
     if route.action in (PUBLIC, API):   # API: chalicelib/api/manage answers in its own shape
         return
+    if route.action in (PUSH, DELETE):
+        refuse_writes_to_mirror(request.params["name"])
     token = _bearer_token(request)
     if token is None:
         raise challenge(request, route, None)
@@ -95,6 +98,15 @@ def authorize(request: Request, route: Route) -> None:
         return
     if not request.grants.allows(request.params["name"], route.action):
         raise challenge(request, route, "insufficient_scope")
+
+
+def refuse_writes_to_mirror(repository: str) -> None:
+    """A mirrored namespace holds the upstream's images only: no push, no delete, for anyone."""
+    rule = mirrors.rule_for(repository)
+    if rule is not None:
+        raise RegistryError("DENIED", f"{rule.namespace}/ is a mirror of {rule.upstream}: "
+                            "pushes and deletes are refused here; push to another namespace",
+                            status=403, detail={"mirror": rule.namespace})
 
 
 def may_pull(request: Request, repository: str) -> bool:

@@ -4,10 +4,11 @@ from __future__ import annotations
 from chalice import Response
 
 from chalicelib import oci
+from chalicelib.api import mirror
 from chalicelib.api.router import Request, empty, route
 from chalicelib.auth.scopes import DELETE, PULL
 from chalicelib.errors import RegistryError
-from chalicelib.storage import blobstore, metadata
+from chalicelib.storage import blobstore, metadata, mirrors
 
 BLOB = r"(?P<name>.+)/blobs/(?P<digest>[^/]+)"
 
@@ -22,6 +23,9 @@ def _linked_blob(request: Request):
 
 @route("GET", BLOB, "/v2/{name}/blobs/{digest}", PULL)
 def get_blob(request: Request) -> Response:
+    rule = mirrors.rule_for(request.name)
+    if rule is not None and metadata.get_link(request.name, request.params["digest"]) is None:
+        return mirror.serve_blob(request, rule, oci.check_digest(request.params["digest"]))
     digest, link = _linked_blob(request)
     headers = {"Docker-Content-Digest": digest}
     if request.method == "HEAD":

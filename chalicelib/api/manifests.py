@@ -6,10 +6,11 @@ from typing import Optional, Tuple
 from chalice import Response
 
 from chalicelib import manifests, oci
+from chalicelib.api import mirror
 from chalicelib.api.router import Request, empty, route
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
 from chalicelib.errors import RegistryError
-from chalicelib.storage import metadata
+from chalicelib.storage import metadata, mirrors
 
 MANIFEST = r"(?P<name>.+)/manifests/(?P<reference>[^/]+)"
 
@@ -33,7 +34,10 @@ def _reference(request: Request, *, for_write: bool = False) -> Tuple[Optional[s
 @route("GET", MANIFEST, "/v2/{name}/manifests/{reference}", PULL)
 def get_manifest(request: Request) -> Response:
     tag, digest = _reference(request)
-    if tag is not None:
+    rule = mirrors.rule_for(request.name)
+    if rule is not None:    # a pull-through cache of another registry (chalicelib/api/mirror.py)
+        digest = mirror.manifest_digest(request, rule, tag, digest)
+    elif tag is not None:
         tag_item = metadata.get_tag(request.name, tag)
         if tag_item is None:
             raise RegistryError("MANIFEST_UNKNOWN", detail={"tag": tag})

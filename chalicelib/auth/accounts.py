@@ -16,6 +16,7 @@ from chalicelib.auth import passwords
 from chalicelib.auth.scopes import DELETE, PULL, PUSH
 from chalicelib.config import settings
 from chalicelib.storage import metadata
+from chalicelib.storage import mirrors
 from chalicelib.storage.metadata import connection
 from chalicelib.storage.models import (REPOS_PK, TOMBSTONE_SK, USERS_PK, AccessTokenItem,
                                        InviteItem, LoginFailureItem, MembershipItem, NamespaceItem,
@@ -565,10 +566,15 @@ def permitted_actions(principal: Optional[Principal], repository: str) -> Frozen
             allowed = allowed & principal.token_scope
     if PULL not in allowed and is_public(repository):
         allowed = allowed | {PULL}
+    if mirrors.rule_for(repository) is not None:   # a mirror is read-only (api/access.py)
+        allowed = allowed & {PULL}
     return allowed
 
 
 def is_public(repository: str) -> bool:
+    rule = mirrors.rule_for(repository)
+    if rule is not None and rule.public:
+        return True
     namespace = get_namespace(oci.namespace_of(repository))
     if namespace is not None and namespace.public:
         return True

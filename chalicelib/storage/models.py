@@ -14,6 +14,7 @@ One table, keyed by (pk, sk), so that everything one request needs sits under on
   _gc                    touch#<ms>#<digest>              GcQueueItem   (blob touched: due after grace)
   _gc                    deref#<ms>#<digest>              GcQueueItem   (a manifest let go of a blob)
   _gc                    untag#<ms>#<repo>#<digest>       GcQueueItem   (a manifest became untagged)
+  _gc                    mirror#<ms>#<repo>               GcQueueItem   (a mirrored repo was pulled)
 
 A manifest GET by tag reads TagItem then ManifestItem; a blob GET or HEAD reads LinkItem only
 (it carries the blob's S3 key), so neither touches S3 before answering. A blob's S3 object is
@@ -46,6 +47,7 @@ DELETING = "deleting"       # BlobItem.state of a blob a sweep is deleting
 TOUCH = "touch"             # a blob was uploaded or mounted: garbage if unreferenced after grace
 DEREF = "deref"             # a manifest item that referenced a blob was deleted
 UNTAG = "untag"             # a manifest may have become untagged (untagged-manifest policy)
+MIRROR = "mirror"           # a client pulled from a mirrored repository (storage/mirrors.py)
 
 
 def repo_pk(name: str) -> str:

@@ -50,8 +50,9 @@ class DockerEngine:
     """One private dockerd. `docker(...)` runs the docker CLI against it with a private
     DOCKER_CONFIG (so logins never leak between tests or into the user's ~/.docker)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, registry_mirrors: Sequence[str] = ()) -> None:
         self.workdir = workdir
+        self.registry_mirrors = list(registry_mirrors)   # dockerd --registry-mirror URL
         # unix socket paths must stay short (108 bytes): keep them in a short private folder.
         self.rundir = Path(f"/tmp/berth-dockerd-{os.getpid()}-{id(self) % 10000}")
         self.socket = self.rundir / "docker.sock"
@@ -70,6 +71,8 @@ class DockerEngine:
                "--bridge=none", "--data-root", str(self.workdir / "data"),
                "--exec-root", str(self.rundir / "exec"), "--pidfile", str(self.rundir / "pid"),
                "--host", f"unix://{self.socket}", "--exec-opt", "native.cgroupdriver=cgroupfs"]
+        for mirror in self.registry_mirrors:
+            cmd += ["--registry-mirror", mirror]
         with open(self.log, "wb") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                           start_new_session=True)

@@ -5,7 +5,7 @@ anything else under /v2/_berth/api/ in the API's own error shape.
 """
 from __future__ import annotations
 
-from chalicelib.api.manage import repos, people, session, explore, openapi  # noqa: F401,E501
+from chalicelib.api.manage import repos, people, session, explore, mirrors, openapi  # noqa: F401,E501
 from chalicelib.api.manage.core import ApiError, PREFIX
 from chalicelib.api.router import API, Request, route
 from chalicelib.console import serve as console  # noqa: F401  (registers the console's routes)

@@ -5,8 +5,8 @@ search string), one GetItem per distinct namespace on it (is the namespace publi
 repository statistics of what it returns: bounded work whatever the registry's size; a short
 page comes with a cursor to continue.
 
-Official images (mirrored from upstream registries) are listed by another part of Berth when it
-exists: the answer's `official` list is their place, empty until then.
+Official images: the answer's `official` list holds the mirror rules the caller may pull from
+(chalicelib/api/manage/mirrors.py lists what each cached, for the console's #/official page).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 
 from chalicelib import oci
 from chalicelib.api.manage.core import Caller, cursor_arg, endpoint, limit_arg, search_arg
+from chalicelib.api.manage.mirrors import official_rules
 from chalicelib.api.manage.repos import (META_SK, PAGE_DEFAULT, PAGE_MAX, SEARCH_QUERIES,
                                          RepoMetaItem, _actions, _namespace_public, meta_pk,
                                          repository_json)
@@ -62,5 +63,5 @@ def explore(request: Request, caller: Caller) -> dict:
             request, repo, metas.get((meta_pk(repo.sk), META_SK)),
             stats.repository_stats(repo.sk), namespace_public[ns], roles[ns],
             _actions(caller, roles[ns], True)))
-    return {"repositories": repositories, "official": [],
+    return {"repositories": repositories, "official": official_rules(caller),
             "next_cursor": stats.encode_cursor(next_after) if next_after else None}

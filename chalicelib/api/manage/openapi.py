@@ -57,6 +57,12 @@ SCHEMAS = {
     "UserCreate": {"type": "object", "required": ["username", "password"], "properties": {
         "username": _STRING, "password": {"type": "string", "minLength": 8}, "admin": _BOOL}},
     "UserUpdate": {"type": "object", "properties": {"disabled": _BOOL, "admin": _BOOL}},
+    "MirrorRule": {"type": "object", "required": ["upstream"], "properties": {
+        "upstream": {"type": "string", "example": "https://registry-1.docker.io"},
+        "prefix": {"type": "string", "example": "library/"}, "public": _BOOL,
+        "tag_ttl": {"type": "string", "example": "10m"},
+        "credentials": {"type": "object", "description": "write-only; stored in SSM",
+                        "properties": {"username": _STRING, "password": _STRING}}}},
     "SignIn": {"type": "object", "required": ["username", "password"], "properties": {
         "username": _STRING, "password": _STRING}},
     "SignUp": {"type": "object", "required": ["username", "password", "namespace"],

@@ -767,8 +767,8 @@ async function explorePage() {
   setChrome("explore");
   const search = h("input", {type: "search", name: "q", placeholder: "Search public images", "aria-label": "Search public images"});
   const results = h("div", {class: "table-box", "aria-live": "polite"}, h("div", {class: "loading"}, "Loading…"));
-  // Official images (mirrored upstream images) get their own section here once the registry has
-  // them: GET /explore answers them in `official`.
+  // Official images: GET /explore answers the mirror rules the caller may pull from in
+  // `official`; what each cached is on the Official images page (#/official).
   const official = h("div", {});
   render(pageHead("Explore", "Public images of every namespace: anyone may pull them"),
     official,
@@ -789,8 +789,10 @@ async function explorePage() {
     if (mine !== generation) return;
     if (!append) {
       official.replaceChildren(...(page.official && page.official.length ? [h("section", {class: "panel", "aria-labelledby": "official-h"},
-        h("div", {class: "panel-head"}, h("h2", {id: "official-h"}, "Official images")),
-        h("ul", {class: "plain-list"}, page.official.map(o => h("li", {}, h("a", {href: `#/repo/${o.name}`}, o.name)))))] : []));
+        h("div", {class: "panel-head"}, h("h2", {id: "official-h"}, "Official images"), " ",
+          h("a", {href: "#/official", "data-official-link": ""}, "Browse the cached official images")),
+        h("ul", {class: "plain-list"}, page.official.map(o => h("li", {"data-mirror": o.namespace},
+          h("a", {href: "#/official"}, `${o.namespace}/ (pulled through from ${o.upstream}/${o.prefix})`)))))] : []));
     }
     const rows = page.repositories.map(repo => h("tr", {"data-repo": repo.name},
       h("td", {class: "cell-main"},
@@ -1139,6 +1141,63 @@ async function usersPage() {
   load();
 }
 
+/* ---------------------------------------------------------------- official images (mirrors) */
+
+/* "Official images": what each mirror rule cached, the pull commands, docker's registry-mirrors
+ * snippet; admins add, replace and remove rules. GET/PUT/DELETE /mirrors (api/manage/mirrors.py). */
+async function officialPage() {
+  setChrome("official");
+  const body = h("div", {}, h("div", {class: "loading"}, "Loading mirrors…"));
+  render(pageHead("Official images", "Pull-through caches of other registries: the first pull fetches upstream, later ones come from here"), body);
+  let answer;
+  try { answer = await api("GET", "/mirrors"); } catch (error) {
+    if (!error.handled) body.replaceChildren(failure(error, officialPage));
+    return;
+  }
+  const snippet = JSON.stringify(answer.daemon_json, null, 2);
+  const rules = answer.mirrors.map(m => h("section", {class: "panel", "data-mirror": m.namespace},
+    h("div", {class: "panel-head"}, h("h2", {}, `${m.namespace}/`), " ",
+      h("span", {class: "faint"}, `← ${m.upstream}/${m.prefix}`), " ",
+      h("span", {class: m.public ? "badge badge-public" : "badge badge-private"}, m.public ? "public" : "private"),
+      m.can_edit ? h("button", {type: "button", class: "btn btn-small btn-danger-quiet", "aria-label": `Remove the rule ${m.namespace}`,
+        onclick: async () => {
+          const ok = await confirmDialog({title: `Remove the rule ${m.namespace}?`, danger: true, confirmLabel: "Remove",
+            body: h("p", {}, "Pulls stop reaching the upstream; what was cached stays until evicted."),
+            action: () => api("DELETE", `/mirrors/${m.namespace}`)});
+          if (ok) { toast(`Removed ${m.namespace}`); officialPage(); }
+        }}, "Remove") : null),
+    m.images.length ? h("table", {},
+      h("thead", {}, h("tr", {}, h("th", {scope: "col"}, "Image"), h("th", {scope: "col"}, "Tags"),
+        h("th", {scope: "col", class: "num"}, "Size"), h("th", {scope: "col"}, "Fetched from upstream"),
+        h("th", {scope: "col"}, "Pull"))),
+      h("tbody", {}, m.images.map(i => h("tr", {"data-image": i.name},
+        h("td", {class: "repo-name"}, i.name), h("td", {class: "mono"}, i.tags.join(", ")),
+        h("td", {class: "num"}, formatSize(i.size)), h("td", {}, timeEl(i.last_fetched)),
+        h("td", {}, command(i.pull_command))))))
+      : h("p", {class: "panel-body faint"}, `Nothing cached yet: docker pull ${HOST}/${m.namespace}/<image>:<tag>`)));
+  const parts = [h("section", {class: "panel"}, h("div", {class: "panel-head"}, h("h2", {}, "docker's registry-mirrors")),
+    h("div", {class: "panel-body"}, h("p", {}, "Put this in /etc/docker/daemon.json and restart dockerd: docker pull alpine:3 then comes through Berth."),
+      h("pre", {class: "mono", "data-snippet": "daemon.json"}, snippet), copyButton(snippet, "btn btn-small")))].concat(rules);
+  if (me.admin) {
+    const input = (name, attrs) => h("input", Object.assign({type: "text", name, autocapitalize: "off", spellcheck: "false"}, attrs || {}));
+    const form = h("form", {class: "panel-body", novalidate: true},
+      h("div", {class: "inline-form"}, field("Namespace", input("namespace")), field("Upstream", input("upstream", {placeholder: "https://registry-1.docker.io"})),
+        field("Upstream prefix", input("prefix", {placeholder: "library/"})), field("Tag TTL", input("tag_ttl", {value: "10m"})),
+        h("label", {}, h("input", {type: "checkbox", name: "public"}), " public"),
+        h("button", {type: "submit", class: "btn btn-primary"}, "Save rule")));
+    onSubmit(form, async (data) => {
+      const ns = String(data.get("namespace")).trim();
+      if (!ns) throw new ApiError(400, {message: "Choose a namespace.", field: "namespace"});
+      await api("PUT", `/mirrors/${encodeURIComponent(ns)}`, {upstream: String(data.get("upstream")).trim(),
+        prefix: String(data.get("prefix")).trim(), tag_ttl: String(data.get("tag_ttl")).trim(), public: data.get("public") === "on"});
+      toast(`Saved the rule ${ns}`);
+      officialPage();
+    });
+    parts.push(h("section", {class: "panel"}, h("div", {class: "panel-head"}, h("h2", {}, "Add or replace a rule")), form));
+  }
+  body.replaceChildren(...parts);
+}
+
 /* ---------------------------------------------------------------- router */
 
 async function route() {
@@ -1152,13 +1211,14 @@ async function route() {
     }
   }
   if (hash === "#/signin" || hash === "#/signup") { go("#/"); return; }
-  if (!me.namespaces.length && !["#/account", "#/users", "#/explore"].includes(hash) && !hash.startsWith("#/repo/")) { activatePage(); return; }
+  if (!me.namespaces.length && !["#/account", "#/users", "#/explore", "#/official"].includes(hash) && !hash.startsWith("#/repo/")) { activatePage(); return; }
   if (hash === "#/activate") { activatePage(); return; }
   main.focus({preventScroll: true});
   if (hash.startsWith("#/repo/")) return repositoryPage(decodeURIComponent(hash.slice(7)));
   if (hash === "#/account") return accountPage();
   if (hash === "#/users") return usersPage();
   if (hash === "#/explore") return explorePage();
+  if (hash === "#/official") return officialPage();
   return imagesPage();
 }
 
