@@ -245,25 +245,47 @@ def _commit_held(session: UploadItem, token: str, digest: str) -> None:
         _reject(session, digest)
     if session.mpu_id is None:
         write = _tail_writer(session, digest, verified=hasher is not None)
-    elif hasher is not None:
-        write = functools.partial(_complete, session)   # only if the blob is not stored yet
     else:
-        key = _complete(session)
-        if _hash_object(key, session.offset, algorithm) != digest:
-            _reject(session, digest)
-        write = lambda: key   # noqa: E731  (already assembled to be hashed)
+        write = _AssembledWriter(session)   # assembles only if the blob is not stored yet
+        if hasher is None:                  # no saved state: assemble now, to read it back
+            if _hash_object(write.assemble(), session.offset, algorithm) != digest:
+                _reject(session, digest)
     publish_blob(session.repo, digest, session.offset, write, session.sk)
 
 
-def _tail_writer(session: UploadItem, digest: str, verified: bool) -> Callable[[], str]:
+class _AssembledWriter:
+    """publish_blob's writer for a multipart session: the assembled object is the blob. Asked
+    for another key (taking a blob back from a dead sweep, whose leftover links name its old
+    key) it copies there, the one case where a commit copies."""
+
+    def __init__(self, session: UploadItem) -> None:
+        self.session = session
+        self.key: Optional[str] = None
+
+    def assemble(self) -> str:
+        if self.key is None:
+            self.key = _complete(self.session)
+        return self.key
+
+    def __call__(self, target: Optional[str]) -> str:
+        assembled = self.assemble()
+        if target is None or target == assembled:
+            return assembled
+        blobstore.copy_any(assembled, target)
+        blobstore.delete_object(assembled)
+        self.key = target
+        return target
+
+
+def _tail_writer(session: UploadItem, digest: str, verified: bool) -> Callable[[Optional[str]], str]:
     """A blob under 5 MiB sits in the session's tail object: copied to its content address
     (at most 5 MiB, so the commit stays bounded), after hashing it if no state vouched for it."""
     algorithm, _ = oci.parse_digest(digest)
     if not verified and _hash_object(session.tail_key, session.offset, algorithm) != digest:
         _reject(session, digest)
 
-    def write() -> str:
-        key = blobstore.blob_key(digest)
+    def write(target: Optional[str]) -> str:
+        key = target or blobstore.blob_key(digest)
         if session.tail_key is None:
             blobstore.put_object(key, b"")
         else:
@@ -301,9 +323,8 @@ def store_blob(repo: str, digest: str, data: bytes,
         if session is not None:
             finish(session)
         raise _digest_mismatch(digest)
-    key = blobstore.blob_key(digest)
-
-    def write() -> str:
+    def write(target: Optional[str]) -> str:
+        key = target or blobstore.blob_key(digest)
         blobstore.put_object(key, data)
         return key
     publish_blob(repo, digest, len(data), write, session.sk if session is not None else None)

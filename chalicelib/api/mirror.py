@@ -266,12 +266,20 @@ def copy_blob(rule: Rule, repository: str, digest: str, in_request: bool = False
             parts.append((len(parts) + 1, blobstore.upload_part(key, mpu, len(parts) + 1,
                                                                 bytes(pending))))
 
-        def write_object() -> str:
-            if mpu:
+        def write_object(target: Optional[str]) -> str:
+            if mpu and done["written"] and target is None:
+                # asked again: a sweep of the blob's previous life may have deleted the bytes
+                # this copy assembled, and they cannot be assembled twice
+                raise RegistryError("TOOMANYREQUESTS", "garbage collection raced this copy of "
+                                    f"{digest}; pull again", detail={"digest": digest})
+            if mpu and not done["written"]:
                 blobstore.complete_multipart(key, mpu, parts)
-            else:
+            elif not mpu:
                 blobstore.put_object(key, bytes(pending))
             done["written"] = True
+            if target is not None and target != key:   # taking a blob back at its old key
+                blobstore.copy_any(key, target)
+                return target
             return key
         metadata.publish_blob(repository, digest, size, write_object)
     finally:

@@ -93,8 +93,16 @@ def iter_object(key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
 
 
 def copy_object(source: str, dest: str) -> None:
-    """Server-side copy (up to 5 GiB: only small objects are ever copied); S3 does the work."""
+    """Server-side copy of an object of at most 5 GiB (a tail); S3 does the work."""
     client().copy_object(Bucket=_bucket(), Key=dest, CopySource={"Bucket": _bucket(), "Key": source})
+
+
+def copy_any(source: str, dest: str) -> None:
+    """Server-side copy of an object of any size (boto3's managed copy: in parts above its
+    threshold). Only taking a blob back from a dead sweep needs it."""
+    from boto3.s3.transfer import TransferConfig
+    client().copy({"Bucket": _bucket(), "Key": source}, _bucket(), dest,
+                  Config=TransferConfig(multipart_chunksize=1024 ** 3))
 
 
 def delete_object(key: str) -> None:

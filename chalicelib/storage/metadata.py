@@ -303,20 +303,25 @@ def _key_is(digest: str, key: Optional[str]):
     return BlobItem.key.does_not_exist() if stored is None else BlobItem.key == stored
 
 
-def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Callable[[], str],
+def publish_blob(repo: Optional[str], digest: str, size: int,
+                 write_object: Callable[[Optional[str]], str],
                  session_id: Optional[str] = None) -> str:
-    """Make blob `digest` stored (its S3 object written by `write_object`, which returns the key
-    it wrote, only when needed), linked into `repo` (if given), touched (its grace period starts
-    again) and, with `session_id`, end that upload session: all in one transaction, conditioned
-    on the BlobItem's state. Returns the key of the blob's object.
+    """Make blob `digest` stored (its S3 object written by `write_object(target)` when needed:
+    at `target`, or where the writer chooses when None; it returns the key it wrote), linked
+    into `repo` (if given), touched (its grace period starts again) and, with `session_id`, end
+    that upload session: all in one transaction, conditioned on the BlobItem's state. Returns
+    the key of the blob's object.
 
     - no BlobItem: write the object, then create the item (refs 0) if still absent;
     - live: the object exists (a live BlobItem always has its object): touch it if still live;
       an object this call wrote meanwhile (a concurrent upload of the same bytes won) is deleted;
     - claimed by a sweep (deleting): wait until the sweep is done (the item is gone) or its lease
-      has expired; then write the object again and make the blob live, on the condition that no
-      sweep claimed it again meanwhile. A sweep stops deleting S3 objects DELETE_MARGIN seconds
-      before its lease ends, so an object written after the lease cannot be deleted by it.
+      has expired; then write the object again, at the key the blob already has (links a dead
+      sweep did not remove yet name it), and make the blob live, on the condition that no sweep
+      claimed it again meanwhile. A sweep stops deleting S3 objects DELETE_MARGIN seconds before
+      its lease ends, so an object written after the lease cannot be deleted by it.
+    An object at the content address is written again on every pass: a sweep of the blob's
+    previous life may have deleted it since (the key is shared); an upload's own key is not.
     """
     give_up = wall_clock() + LEASE_SECONDS + 10
     written: Optional[str] = None
@@ -328,7 +333,8 @@ def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Call
             # The event first: should we die between writing the object and the transaction, it
             # leads a sweep to the orphaned object (gc.collect_blob).
             GcQueueItem(GC_PK, gc_blob_sk(TOUCH, touched, digest)).save()
-            written = written or write_object()
+            if written is None or written == blobstore.blob_key(digest):
+                written = write_object(None)
             key = written
             tx.put(("blob", digest), BlobItem(blob_pk(digest), BLOB_SK, size=size, created=touched,
                                               refs=0, touched=touched, key=_stored_key(digest, key)),
@@ -343,15 +349,13 @@ def publish_blob(repo: Optional[str], digest: str, size: int, write_object: Call
                                     "collection; retry", detail={"digest": digest})
             time.sleep(0.1)
             continue
-        else:   # the sweep's lease has expired: take the blob over
-            written = written or write_object()
-            key = written
-            stored = _stored_key(digest, key)
+        else:   # the sweep's lease has expired: take the blob over, at its own key
+            key = object_key(digest, blob)
+            written = write_object(key)
             tx.update(("blob", digest), _blob(digest),
                       [BlobItem.state.remove(), BlobItem.since.remove(),
                        BlobItem.touched.set(touched), BlobItem.size.set(size),
-                       BlobItem.refs.set(BlobItem.refs | 0),
-                       BlobItem.key.set(stored) if stored else BlobItem.key.remove()],
+                       BlobItem.refs.set(BlobItem.refs | 0)],
                       condition=(BlobItem.state == DELETING) & (BlobItem.since == blob.since))
         if repo is not None:
             link_blob(tx, repo, digest, size, touched, key)
@@ -491,9 +495,8 @@ class _BodyGone(Exception):
 
 
 def _store_manifest_body(record: ManifestRecord) -> None:
-    key = blobstore.blob_key(record.digest)
-
-    def write() -> str:
+    def write(target: Optional[str]) -> str:
+        key = target or blobstore.blob_key(record.digest)
         blobstore.put_object(key, record.body)
         return key
     publish_blob(None, record.digest, len(record.body), write)
