@@ -271,7 +271,7 @@ class _AssembledWriter:
         assembled = self.assemble()
         if target is None or target == assembled:
             return assembled
-        blobstore.copy_any(assembled, target)
+        blobstore.copy_any(assembled, target, int(self.session.offset))
         blobstore.delete_object(assembled)
         self.key = target
         return target

@@ -278,7 +278,7 @@ def copy_blob(rule: Rule, repository: str, digest: str, in_request: bool = False
                 blobstore.put_object(key, bytes(pending))
             done["written"] = True
             if target is not None and target != key:   # taking a blob back at its old key
-                blobstore.copy_any(key, target)
+                blobstore.copy_any(key, target, size)
                 return target
             return key
         metadata.publish_blob(repository, digest, size, write_object)

@@ -97,12 +97,25 @@ def copy_object(source: str, dest: str) -> None:
     client().copy_object(Bucket=_bucket(), Key=dest, CopySource={"Bucket": _bucket(), "Key": source})
 
 
-def copy_any(source: str, dest: str) -> None:
-    """Server-side copy of an object of any size (boto3's managed copy: in parts above its
-    threshold). Only taking a blob back from a dead sweep needs it."""
-    from boto3.s3.transfer import TransferConfig
-    client().copy({"Bucket": _bucket(), "Key": source}, _bucket(), dest,
-                  Config=TransferConfig(multipart_chunksize=1024 ** 3))
+COPY_OBJECT_MAX = 5 * 1024 ** 3   # CopyObject's limit
+COPY_PART = 1024 ** 3
+
+
+def copy_any(source: str, dest: str, size: int) -> None:
+    """Server-side copy of an object of any size: CopyObject up to 5 GiB, else a multipart
+    upload of 1 GiB UploadPartCopy ranges. Only taking a blob back from a dead sweep needs it."""
+    if size <= COPY_OBJECT_MAX:
+        copy_object(source, dest)
+        return
+    mpu = create_multipart(dest)
+    parts = []
+    for number, start in enumerate(range(0, size, COPY_PART), start=1):
+        end = min(start + COPY_PART, size) - 1
+        answer = client().upload_part_copy(
+            Bucket=_bucket(), Key=dest, UploadId=mpu, PartNumber=number,
+            CopySource={"Bucket": _bucket(), "Key": source}, CopySourceRange=f"bytes={start}-{end}")
+        parts.append((number, answer["CopyPartResult"]["ETag"]))
+    complete_multipart(dest, mpu, parts)
 
 
 def delete_object(key: str) -> None:
