@@ -39,8 +39,8 @@ from chalicelib.storage.models import (BLOB_SK, DELETING, DEREF, GC_PK, REPOS_PK
 
 _TRANSACTION_MAX = 100
 REFERRER_ANNOTATIONS_MAX = 64 * 1024   # bigger ones stay in the manifest only
-_DELETE_RETRIES = 5
-_PUT_RETRIES = 8
+_DELETE_RETRIES = 8
+_PUT_RETRIES = 10
 _CONFLICT_RETRIES = 8
 
 # The lease of a sweep on a blob it claimed (BlobItem.state = deleting, .since = its wall clock):
@@ -132,7 +132,14 @@ class Tx:
                                                           "TransactionInProgressException")
                 if not conflict or attempt == _CONFLICT_RETRIES - 1:
                     raise
-                time.sleep(random.uniform(0, 0.02 * 2 ** attempt))
+                _pause_before_retry(attempt)
+
+
+def _pause_before_retry(attempt: int) -> None:
+    """Full-jitter exponential backoff (10 ms doubling, capped at 0.5 s) between optimistic
+    retries: writers that lost a race to the same item retry at once otherwise, and lose again
+    together (four clients pushing one tag exhausted immediate retries)."""
+    time.sleep(random.uniform(0, min(0.5, 0.01 * 2 ** attempt)))
 
 
 def _chunks(items: List, size: int):
@@ -516,7 +523,9 @@ def put_manifest(repo: str, record: ManifestRecord, tag: Optional[str]) -> None:
     if not inline:
         _store_manifest_body(record)
         refs.append(record.digest)
-    for _ in range(_PUT_RETRIES):
+    for attempt in range(_PUT_RETRIES):
+        if attempt:
+            _pause_before_retry(attempt)
         now = time.time()
         keys = [(ManifestItem, repo_pk(repo), manifest_sk(record.digest))]
         if tag is not None:
@@ -692,7 +701,9 @@ def delete_manifest(repo: str, digest: str, *, expect_version: Optional[int] = N
     and with `only_if_unused`, only while no tag points to it and no index lists it.
     """
     refs_inline = True
-    for _ in range(_DELETE_RETRIES):
+    for attempt in range(_DELETE_RETRIES):
+        if attempt:
+            _pause_before_retry(attempt)
         item = get_manifest(repo, digest, consistent=True)
         if item is None:
             return False
@@ -744,7 +755,9 @@ def delete_manifest(repo: str, digest: str, *, expect_version: Optional[int] = N
 
 def delete_tag(repo: str, tag: str) -> bool:
     """Delete a tag; its manifest may now be untagged (an `untag` GC event records it)."""
-    for _ in range(_DELETE_RETRIES):
+    for attempt in range(_DELETE_RETRIES):
+        if attempt:
+            _pause_before_retry(attempt)
         item = get_tag(repo, tag, consistent=True)
         if item is None:
             return False
