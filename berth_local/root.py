@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
-CONSOLE_PATH = "/v2/_berth/console/"
+from chalicelib.console.serve import CONSOLE_URL as CONSOLE_PATH   # one place for the path
 
 
 def console_at_root(app: Callable) -> Callable:

@@ -204,7 +204,8 @@ def test_template_resources(stage, packaged, monkeypatch):
     assert api["EndpointConfiguration"] == "REGIONAL"
     # One stage only: the one clients use (SAM adds one named "Stage" unless told not to).
     cfn = sam_transform(t, monkeypatch)["Resources"]
-    stages = [r["Properties"]["StageName"] for r in cfn.values() if r["Type"] == "AWS::ApiGateway::Stage"]
+    stages = [r["Properties"]["StageName"] for r in cfn.values() if r["Type"] == "AWS::ApiGateway::Stage"
+              and r["Properties"]["RestApiId"] == {"Ref": "RestAPI"}]
     assert stages == [config.api_gateway_stage] == ["v2"]
     assert all("StageName" not in r["Properties"] for r in cfn.values()
                if r["Type"] == "AWS::ApiGateway::Deployment")
@@ -223,6 +224,47 @@ def test_custom_domain_maps_v2_to_the_stage(packaged, monkeypatch):
     domain = cfn["CustomDomain"]["Properties"]
     assert domain["EndpointConfiguration"] == {"Types": ["REGIONAL"]}
     assert domain["SecurityPolicy"] == "TLS_1_2"
+
+
+def test_custom_domain_root_opens_the_console_as_make_run_does(packaged, monkeypatch):
+    """https://DOMAIN/ (outside every other mapping: the empty base path) reaches a MOCK-only REST
+    API whose GET and HEAD / answer what `make run`'s root answers (berth_local/root.py), without
+    a Lambda, an authorizer or a role; the registry's own API keeps its one stage."""
+    from berth_local.root import CONSOLE_PATH
+    from chalicelib.console.serve import CONSOLE_URL
+    cfn = sam_transform(packaged["prod"], monkeypatch, {"DomainName": "registry.example.com",
+                                                        "CertificateArn": "arn:cert"})["Resources"]
+    root_api = cfn["ConsoleRootApi"]
+    assert root_api["Type"] == "AWS::ApiGateway::RestApi" and root_api["Condition"] == "HasDomain"
+    mapping = cfn["ConsoleRootMapping"]["Properties"]
+    assert "BasePath" not in mapping            # empty: whatever /v2 does not match
+    assert mapping["DomainName"] == {"Ref": "CustomDomain"}
+    assert mapping["RestApiId"] == {"Ref": "ConsoleRootApi"}
+    stage = cfn[mapping["Stage"]["Ref"]]["Properties"]
+    assert stage["RestApiId"] == {"Ref": "ConsoleRootApi"}
+    assert cfn[stage["DeploymentId"]["Ref"]]["DependsOn"] == ["ConsoleRootGet", "ConsoleRootHead"]
+    methods = {r["Properties"]["HttpMethod"]: r["Properties"] for r in cfn.values()
+               if r["Type"] == "AWS::ApiGateway::Method"}
+    assert set(methods) == {"GET", "HEAD"}
+    for method in methods.values():
+        assert method["ResourceId"] == {"Fn::GetAtt": ["ConsoleRootApi", "RootResourceId"]}
+        assert method["AuthorizationType"] == "NONE"
+        integration = method["Integration"]
+        assert integration["Type"] == "MOCK"
+        [answer] = integration["IntegrationResponses"]
+        assert answer["StatusCode"] == "302" and "SelectionPattern" not in answer
+        assert answer["ResponseParameters"]["method.response.header.Location"] \
+            == f"'{CONSOLE_PATH}'" == f"'{CONSOLE_URL}'"
+        declared = method["MethodResponses"][0]
+        assert declared["StatusCode"] == "302"
+        assert set(declared["ResponseParameters"]) == set(answer["ResponseParameters"])
+    # and `make run`'s root says exactly that (the browser test follows it to the console)
+    from berth_local.root import console_at_root
+    seen = {}
+    console_at_root(lambda env, start: [])(
+        {"PATH_INFO": "/", "REQUEST_METHOD": "GET"},
+        lambda status, headers: seen.update(status=status, headers=dict(headers)))
+    assert seen["status"] == "302 Found" and seen["headers"]["Location"] == CONSOLE_PATH
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -247,7 +289,8 @@ def test_packaged_template_carries_the_front_door(stage, domain, packaged, monke
     host = domain or f"{resolve.ref('RestAPI')}.execute-api.{REGION}.amazonaws.com"
 
     cfn = sam_transform(template, monkeypatch, parameters)["Resources"]
-    apis = [r for r in cfn.values() if r["Type"] == "AWS::ApiGateway::RestApi"]
+    apis = [r for r in cfn.values() if r["Type"] == "AWS::ApiGateway::RestApi"
+            and "Body" in r["Properties"]]       # (ConsoleRootApi: MOCK only, see above)
     assert len(apis) == 1
     body = apis[0]["Properties"]["Body"]
     assert body["x-amazon-apigateway-binary-media-types"] == list(frontdoor.BINARY_MEDIA_TYPES)
