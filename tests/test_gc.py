@@ -518,6 +518,41 @@ def test_an_upload_that_died_before_recording_its_blob_leaves_no_orphan(registry
     assert push_blob(registry, "gc/orphan", data) == digest and digest in stored()
 
 
+def test_an_upload_beaten_by_a_twin_whose_blob_a_sweep_then_deleted_stores_its_bytes_again(
+        registry, monkeypatch):
+    """The interleaving the GC soak once found, made deterministic: an upload writes the blob's
+    content-addressed object; before its transaction commits, a concurrent upload of the same
+    bytes publishes the blob, and a grace-0 sweep deletes that unreferenced blob, object and all
+    (the key is shared). The first upload's transaction then fails, and its retry finds no blob:
+    it must write the object again, never record a live blob whose bytes are gone."""
+    data = os.urandom(700)
+    digest = sha256(data)
+    metadata.ensure_repository("gc/twin")
+    real_commit = metadata.Tx.commit
+    interleaved: List[str] = []
+
+    def commit_after_a_twin_and_a_sweep(tx):
+        if not interleaved:
+            interleaved.append("twin")
+            assert push_blob(registry, "gc/twin-other", data) == digest
+            gc.sweep(grace=0)
+            assert digest not in stored() and metadata.get_blob(digest) is None
+        return real_commit(tx)
+    monkeypatch.setattr(metadata.Tx, "commit", commit_after_a_twin_and_a_sweep)
+
+    def write(target):
+        key = target or blobstore.blob_key(digest)
+        blobstore.put_object(key, data)
+        return key
+    metadata.publish_blob("gc/twin", digest, len(data), write)
+    monkeypatch.undo()
+    assert interleaved == ["twin"]
+    assert blob_state(digest) == "live" and digest in stored()
+    r = http.get(f"{registry}/v2/gc/twin/blobs/{digest}", allow_redirects=False)
+    assert r.status_code == 307 and sha256(requests.get(r.headers["Location"]).content) == digest
+    assert_consistent()
+
+
 # ---------------------------------------------------------------- (c) crashes at every step
 
 class Crash(Exception):

@@ -185,8 +185,11 @@ def get_blob(digest: str) -> Optional[BlobItem]:
         return None
 
 
-def _queue_touch(tx: Tx, digest: str, touched: float) -> None:
-    tx.put(("queue", digest), GcQueueItem(GC_PK, gc_blob_sk(TOUCH, touched, digest)))
+def _queue_touch(tx: Tx, digest: str, touched: float, still_queued: bool = False) -> None:
+    """The `touch` GC event of `digest` at `touched`; with `still_queued`, on the condition that
+    the event saved before the object was written is still there (no sweep consumed it)."""
+    tx.put(("queue", digest), GcQueueItem(GC_PK, gc_blob_sk(TOUCH, touched, digest)),
+           condition=GcQueueItem.sk.exists() if still_queued else None)
 
 
 def link_blob(tx: Tx, repo: str, digest: str, size: int, now: float,
@@ -329,6 +332,11 @@ def publish_blob(repo: Optional[str], digest: str, size: int,
       its lease ends, so an object written after the lease cannot be deleted by it.
     An object at the content address is written again on every pass: a sweep of the blob's
     previous life may have deleted it since (the key is shared); an upload's own key is not.
+    When no BlobItem existed, the transaction also requires the `touch` event saved before the
+    write to be still queued: a sweep that collected the digest meanwhile (a concurrent upload
+    of the same bytes created the blob, a sweep deleted it, object included) consumed that event
+    (oldest first, with the BlobItem), so we write again instead of recording a live blob whose
+    object is gone.
     """
     give_up = wall_clock() + LEASE_SECONDS + 10
     written: Optional[str] = None
@@ -366,16 +374,17 @@ def publish_blob(repo: Optional[str], digest: str, size: int,
                       condition=(BlobItem.state == DELETING) & (BlobItem.since == blob.since))
         if repo is not None:
             link_blob(tx, repo, digest, size, touched, key)
-        _queue_touch(tx, digest, touched)
+        _queue_touch(tx, digest, touched, still_queued=blob is None)
         if session_id is not None:
             tx.delete(("session", session_id), UploadItem(UPLOADS_PK, session_id))
         try:
             tx.commit()
             break
         except TxFailed as failed:
-            if "blob" not in failed.kinds():
+            if not failed.kinds() & {"blob", "queue"}:
                 raise
-            # the blob changed state between our read and our write: look again
+            # the blob changed state between our read and our write, or a sweep consumed the
+            # event saved before our write (it may have deleted that object): look again
     if written is not None and written != key and written != blobstore.blob_key(digest):
         blobstore.delete_object(written)   # another upload of the same bytes was published first
     return key
