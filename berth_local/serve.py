@@ -171,6 +171,22 @@ def start_in_thread(
     """
     server = create_server(wsgi_app, host, port, threads, guard_bodies)
     actual_port = int(_listeners(server)[0].effective_port)
-    thread = threading.Thread(target=server.run, name=f"berth-gateway-{actual_port}", daemon=True)
+    closed = threading.Event()
+    close = server.close
+
+    def close_and_mark() -> None:
+        closed.set()
+        close()
+
+    def run() -> None:
+        try:
+            server.run()
+        except OSError:
+            # close() from another thread pulls the sockets out from under the select() of
+            # waitress's loop (EBADF): the expected end of a server stopped this way
+            if not closed.is_set():
+                raise
+    server.close = close_and_mark
+    thread = threading.Thread(target=run, name=f"berth-gateway-{actual_port}", daemon=True)
     thread.start()
     return server, actual_port
