@@ -123,6 +123,10 @@ def check_page(page, what: str) -> None:
     """What every page must do: no sideways scrolling of the page (at 390 px too), and no
     serious or critical accessibility violation (axe-core)."""
     page.wait_for_timeout(100)
+    # audit the page at rest: mid-fade, a toast's text is partly transparent, and axe-core
+    # measures the contrast of that passing frame (seen once in CI)
+    page.wait_for_function("() => document.getAnimations().every(a => a.playState !== 'running')",
+                           timeout=5000)
     widths = page.evaluate("[document.scrollingElement.scrollWidth, innerWidth]")
     assert widths[0] <= widths[1], f"{what}: the page scrolls sideways ({widths}): " + str(
         page.evaluate(WIDER_THAN_SCREEN))
