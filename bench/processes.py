@@ -70,18 +70,21 @@ class Processes:
 
 
 def start_berth(procs: Processes, name: str, admin: tuple[str, str], *,
-                max_body: int | None = None, port: int | None = None
-                ) -> tuple[str, subprocess.Popen]:
+                max_body: int | None = None, port: int | None = None,
+                extra_env: dict | None = None) -> tuple[str, subprocess.Popen]:
     """`python -m berth_local.run` (what `make run` runs: moto in its own process, token auth
-    on) with its own state folder; returns (url, process)."""
+    on) with its own state folder, and `extra_env` (BERTH_INSTANCES, BERTH_GATEWAY ...);
+    returns (url, process)."""
     port = port or free_port()
     env = dict(os.environ, PORT=str(port), BERTH_LOG_LEVEL="WARNING",
                BERTH_ADMIN_USER=admin[0], BERTH_ADMIN_PASSWORD=admin[1],
                BERTH_STATE_DIR=tempfile.mkdtemp(prefix="berth-bench-state-"))
-    for var in ("BERTH_AWS_ENDPOINT", "BERTH_MAX_BODY_BYTES", "BERTH_MOTO_PORT", "BERTH_TOKEN_KEY"):
+    for var in ("BERTH_AWS_ENDPOINT", "BERTH_MAX_BODY_BYTES", "BERTH_MOTO_PORT", "BERTH_TOKEN_KEY",
+                "BERTH_INSTANCES", "BERTH_GATEWAY"):
         env.pop(var, None)
     if max_body:
         env["BERTH_MAX_BODY_BYTES"] = str(max_body)
+    env.update(extra_env or {})
     proc, log = procs.start(name, [sys.executable, "-m", "berth_local.run"], env)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/v2/", proc, log)

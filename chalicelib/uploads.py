@@ -10,6 +10,13 @@ Concurrency: a request that writes a chunk first takes the session's writer leas
 update: the offset it saw, no live lease), so two requests never write the same S3 part; the one
 that loses answers 416 with the session's real Range and the session stays usable.
 
+Chunks sent ahead (`Berth-Upload-Chunk`, chalicelib/oci.py; what `berth proxy` does): a chunk
+that starts after the bytes received so far is stored as `uploads/<id>/ahead-<start>` and changes
+nothing else; the in-order chunk that ends at <start>, sent with `join`, reads it back, hashes it
+after its own bytes and writes both (a part of 8 MiB from two 4 MiB chunks). So two requests of
+one upload run at once on two instances, with the same S3 traffic as a tail: the hash is still
+updated strictly in order, and nothing is visible before the commit verified the digest.
+
 Commit cost does not grow with the blob: the digest is checked against the saved hash state, and
 the multipart upload is assembled at blobstore.assembled_key(upload id), which becomes the blob's
 object (BlobItem.key): no copy, no read-back. Only what cannot take that path pays more: a tail
@@ -33,6 +40,8 @@ from chalicelib.storage.metadata import is_condition_failure, publish_blob
 from chalicelib.storage.models import UPLOADS_PK, UploadItem
 
 PART_MIN = 5 * 1024 * 1024   # S3's minimum size of every part but the last
+# How far past the bytes received a chunk sent ahead may start: two chunks of a Lambda-sized body.
+AHEAD_WINDOW = 16 * 1024 * 1024
 # How long a request may hold a session while it writes a chunk: longer than the API function's
 # timeout (120 s), so a lease outlives its writer only when the writer died.
 WRITER_LEASE_SECONDS = 130
@@ -167,26 +176,60 @@ def _resume_hash(session: UploadItem) -> Optional[resumable_hash.ResumableSha256
         return None   # the commit reads the blob back instead
 
 
-def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None) -> UploadItem:
-    """Add `data` at the end of the session; `start_offset` (from Content-Range) must be the end."""
+def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None,
+           join: bool = False) -> UploadItem:
+    """Add `data` at the end of the session; `start_offset` (from Content-Range) must be the end.
+    With `join`, a chunk stored ahead at the end of `data` is taken in too."""
     if start_offset is not None and start_offset != session.offset:
         raise _range_error(session, f"chunk starts at {start_offset}, but {session.offset} bytes "
                                     "were received: chunks must be sent in order, without overlap")
     if not data:
         return session
-    return _write_chunk(session, data)
+    return _write_chunk(session, data, join)
+
+
+def store_ahead(session: UploadItem, data: bytes, start_offset: int) -> UploadItem:
+    """Keep a chunk that starts after the bytes received so far, for the in-order chunk that
+    ends where it starts to take in (`join`). A chunk that is not ahead is an ordinary one."""
+    if start_offset <= session.offset:
+        return append(session, data, start_offset)
+    if start_offset - session.offset > AHEAD_WINDOW or not data:
+        raise _range_error(session, f"a chunk sent ahead must start within {AHEAD_WINDOW} bytes "
+                                    f"after the {session.offset} bytes received and not be empty")
+    blobstore.put_object(_ahead_key(session, start_offset), data)
+    return session
+
+
+def _ahead_key(session: UploadItem, start_offset: int) -> str:
+    return _staging_key(session, f"ahead-{start_offset}")
+
+
+def _take_ahead(session: UploadItem, start_offset: int) -> Optional[tuple[str, bytes]]:
+    """The chunk stored ahead at `start_offset`, if any: (its key, its bytes)."""
+    from botocore.exceptions import ClientError
+    key = _ahead_key(session, start_offset)
+    try:
+        return key, blobstore.get_object(key)
+    except ClientError as exc:
+        if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") == "NoSuchKey":
+            return None
+        raise
 
 
 @_expires_cleanly
 @_holding
-def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
+def _write_chunk(session: UploadItem, token: str, data: bytes, join: bool = False) -> UploadItem:
     old_offset = session.offset
     hasher = _resume_hash(session)
-    if hasher is not None:
-        hasher.update(data)
-    pending = data
+    ahead = _take_ahead(session, old_offset + len(data)) if join else None
+    pieces = [data] if ahead is None else [data, ahead[1]]
+    for piece in pieces:               # in order: the hash state goes on byte by byte
+        if hasher is not None:
+            hasher.update(piece)
     if session.tail_key:
-        pending = blobstore.get_object(session.tail_key) + data
+        pieces.insert(0, blobstore.get_object(session.tail_key))
+    pending = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    received = len(data) + (len(ahead[1]) if ahead is not None else 0)
     old_tail = session.tail_key
     if len(pending) >= PART_MIN:
         _write_part(session, pending)
@@ -195,7 +238,7 @@ def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
         session.tail_key = _staging_key(session, f"tail-{uuid.uuid4().hex}")
         blobstore.put_object(session.tail_key, pending)
         session.tail_size = len(pending)
-    session.offset = old_offset + len(data)
+    session.offset = old_offset + received
     session.updated = time.time()
     session.hash_state = hasher.state() if hasher is not None else None
     session.writer, session.writer_until = None, None
@@ -209,6 +252,8 @@ def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
         raise _lost_race(session) from None   # our lease expired and another request went on
     if old_tail:
         blobstore.delete_object(old_tail)
+    if ahead is not None:
+        blobstore.delete_object(ahead[0])
     return session
 
 

@@ -24,7 +24,8 @@ def _created(name: str, digest: str) -> Response:
 
 def _session_headers(session) -> dict:
     return {"Location": uploads.location(session), "Docker-Upload-UUID": session.sk,
-            "Range": uploads.range_header(session.offset)}
+            "Range": uploads.range_header(session.offset),
+            oci.UPLOAD_CHUNK_HEADER: oci.CHUNK_AHEAD}   # chunks may be sent ahead (oci.py)
 
 
 def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Response]:
@@ -85,7 +86,15 @@ def upload_chunk(request: Request) -> Response:
     except RegistryError as error:
         error.headers.update(_session_headers(session))
         raise
-    session = uploads.append(session, body, start)
+    kind = (request.header(oci.UPLOAD_CHUNK_HEADER) or "").strip().lower()
+    if kind == oci.CHUNK_AHEAD and start is not None:
+        session = uploads.store_ahead(session, body, start)
+    elif kind in ("", oci.CHUNK_JOIN):
+        session = uploads.append(session, body, start, join=kind == oci.CHUNK_JOIN)
+    else:
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"{oci.UPLOAD_CHUNK_HEADER} must be "
+                            f"{oci.CHUNK_AHEAD!r} (with a Content-Range) or {oci.CHUNK_JOIN!r}",
+                            status=400, headers=_session_headers(session))
     return empty(202, _session_headers(session))
 
 
