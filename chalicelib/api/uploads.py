@@ -79,22 +79,22 @@ def _chunk_start(request: Request, length: int) -> Optional[int]:
 
 @route("PATCH", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def upload_chunk(request: Request) -> Response:
-    session = uploads.load(request.name, request.params["uuid"])
-    body = request.body
+    upload_id, body = request.params["uuid"], request.body
+    kind = (request.header(oci.UPLOAD_CHUNK_HEADER) or "").strip().lower()
     try:
         start = _chunk_start(request, len(body))
+        if kind not in ("", oci.CHUNK_AHEAD, oci.CHUNK_JOIN) or (kind == oci.CHUNK_AHEAD and start is None):
+            raise RegistryError("BLOB_UPLOAD_INVALID", f"{oci.UPLOAD_CHUNK_HEADER} must be "
+                                f"{oci.CHUNK_AHEAD!r} (with a Content-Range) or {oci.CHUNK_JOIN!r}")
     except RegistryError as error:
-        error.headers.update(_session_headers(session))
+        error.headers.update(_session_headers(uploads.load(request.name, upload_id)))
         raise
-    kind = (request.header(oci.UPLOAD_CHUNK_HEADER) or "").strip().lower()
-    if kind == oci.CHUNK_AHEAD and start is not None:
-        session = uploads.store_ahead(session, body, start)
-    elif kind in ("", oci.CHUNK_JOIN):
-        session = uploads.append(session, body, start, join=kind == oci.CHUNK_JOIN)
+    if kind == oci.CHUNK_AHEAD:
+        session = uploads.store_ahead(uploads.load(request.name, upload_id), body, start)
+    elif body:   # the usual case: loading the session and taking its lease are one update
+        session = uploads.write_chunk(request.name, upload_id, body, start, join=kind == oci.CHUNK_JOIN)
     else:
-        raise RegistryError("BLOB_UPLOAD_INVALID", f"{oci.UPLOAD_CHUNK_HEADER} must be "
-                            f"{oci.CHUNK_AHEAD!r} (with a Content-Range) or {oci.CHUNK_JOIN!r}",
-                            status=400, headers=_session_headers(session))
+        session = uploads.append(uploads.load(request.name, upload_id), body, start)
     return empty(202, _session_headers(session))
 
 
