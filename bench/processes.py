@@ -89,3 +89,30 @@ def start_berth(procs: Processes, name: str, admin: tuple[str, str], *,
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/v2/", proc, log)
     return url, proc
+
+
+def in_process_berth(name: str) -> tuple:
+    """Berth's app in this process against moto in its own (a benchmark that times or counts
+    what the app does inside): returns (the Chalice app, moto's process). User admin /
+    admin-test-password."""
+    from berth_local import backend
+    endpoint, moto = backend.start_moto_process(0)
+    backend.use_endpoint(endpoint)
+    os.environ["BERTH_TOKEN_KEY"] = f"{name}-" + "k" * 32
+    os.environ["BERTH_LOG_LEVEL"] = "WARNING"
+    from chalicelib.auth import accounts
+    from chalicelib.storage.setup import ensure_resources
+    ensure_resources()
+    accounts.ensure_user("admin", "admin-test-password", admin=True)
+    from app import app
+    return app, moto
+
+
+def print_and_write(report: dict, out: "str | Path | None") -> None:
+    """A benchmark's JSON document: on stdout, and in `out` when given."""
+    import json
+    text = json.dumps(report, indent=1)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)

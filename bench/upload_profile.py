@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import json
 import os
 import sys
 import time
@@ -100,16 +99,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from berth_local import backend
-    endpoint, moto = backend.start_moto_process(0)
-    backend.use_endpoint(endpoint)
-    os.environ["BERTH_TOKEN_KEY"] = "upload-profile-" + "k" * 32
-    os.environ["BERTH_LOG_LEVEL"] = "WARNING"
-    from chalicelib.auth import accounts
-    from chalicelib.storage.setup import ensure_resources
-    ensure_resources()
-    accounts.ensure_user("admin", "admin-test-password", admin=True)
-    from app import app
+    from bench.processes import in_process_berth, print_and_write
+    app, moto = in_process_berth("upload-profile")
     from berth_local.gateway import make_wsgi_app
     from berth_local.proxy import start_proxy
     from berth_local.serve import start_in_thread
@@ -138,11 +129,7 @@ def main() -> None:
         direct.close()
         limited.close()
         moto.terminate()
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    print_and_write(report, args.out)
 
 
 if __name__ == "__main__":
