@@ -267,14 +267,16 @@ def _write_held(session: UploadItem, token: str, data: bytes, join: bool = False
     old_offset = session.offset
     hasher = _resume_hash(session)
     ahead = _take_ahead(session, old_offset + len(data)) if join else None
+    ahead_key = ahead[0] if ahead is not None else None
     pieces = [data] if ahead is None else [data, ahead[1]]
+    received = sum(map(len, pieces))
     for piece in pieces:               # in order: the hash state goes on byte by byte
         if hasher is not None:
             hasher.update(piece)
     if session.tail_key:
         pieces.insert(0, blobstore.get_object(session.tail_key))
     pending = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    received = len(data) + (len(ahead[1]) if ahead is not None else 0)
+    del ahead, pieces                  # only `pending` from here on: a Lambda's memory is small
     old_tail = session.tail_key
     if len(pending) >= PART_MIN:
         _write_part(session, pending)
@@ -297,8 +299,8 @@ def _write_held(session: UploadItem, token: str, data: bytes, join: bool = False
         raise _lost_race(session) from None   # our lease expired and another request went on
     if old_tail:
         blobstore.delete_object(old_tail)
-    if ahead is not None:
-        blobstore.delete_object(ahead[0])
+    if ahead_key is not None:
+        blobstore.delete_object(ahead_key)
     return session
 
 
