@@ -69,6 +69,15 @@ class Processes:
                 proc.wait()
 
 
+def berth_peak_rss(procs: Processes, name: str, proc: subprocess.Popen) -> dict:
+    """Peak RSS (VmHWM, MiB) of a Berth started by start_berth(name): its server process and,
+    with BERTH_INSTANCES, each instance (their pids are in the line `make run` prints)."""
+    import re
+    found = re.search(r"worker processes \(pids ([\d ]+)\)", (procs.logdir / f"{name}.log").read_text())
+    return {"gateway": vm_hwm_mib(proc.pid),
+            "instances": [vm_hwm_mib(int(pid)) for pid in found.group(1).split()] if found else []}
+
+
 def start_berth(procs: Processes, name: str, admin: tuple[str, str], *,
                 max_body: int | None = None, port: int | None = None,
                 extra_env: dict | None = None) -> tuple[str, subprocess.Popen]:

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import Processes, free_port, start_berth, vm_hwm_mib, wait_http  # noqa: E402
+from bench.processes import Processes, berth_peak_rss, free_port, start_berth, vm_hwm_mib, wait_http  # noqa: E402
 from tests.support.clients import skopeo_copy, skopeo_version  # noqa: E402
 from tests.support.images import build_image  # noqa: E402
 
@@ -71,11 +71,11 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     procs = Processes(Path(tempfile.mkdtemp(prefix="berth-proxy-bench-")))
     try:
-        direct = start_berth(procs, "berth-direct", ADMIN)[0]
+        direct, direct_proc = start_berth(procs, "berth-direct", ADMIN)
         aws = args.gateway == "aws"
-        limited = start_berth(procs, "berth-lambda", ADMIN, max_body=None if aws else LIMIT,
-                              extra_env={"BERTH_INSTANCES": str(args.instances),
-                                         "BERTH_GATEWAY": args.gateway})[0]
+        limited, limited_proc = start_berth(procs, "berth-lambda", ADMIN, max_body=None if aws else LIMIT,
+                                            extra_env={"BERTH_INSTANCES": str(args.instances),
+                                                       "BERTH_GATEWAY": args.gateway})
         proxy_host, proxy_proc = start_proxy(procs, limited, args.chunk_size)
         direct_host = direct.split("://", 1)[1]
         # one warm-up push each (imports, connections, S3 bucket), not counted
@@ -89,6 +89,8 @@ def main() -> int:
                 times[kind].append(round(result.seconds, 3))
                 print(f"rep {rep + 1}/{args.reps} {kind:6} {result.seconds:6.2f} s", file=sys.stderr)
         peak = vm_hwm_mib(proxy_proc.pid)
+        registry_rss = {"direct": berth_peak_rss(procs, "berth-direct", direct_proc),
+                        "lambda": berth_peak_rss(procs, "berth-lambda", limited_proc)}
     finally:
         procs.stop()
 
@@ -107,6 +109,7 @@ def main() -> int:
         "median_seconds": medians,
         "mb_per_s": {kind: round(size / s / 1e6, 1) for kind, s in medians.items()},
         "proxy_peak_rss_mib": peak,
+        "registry_peak_rss_mib": registry_rss,
         "ratio_direct_over_proxy": round(ratio, 3),
         "target": TARGET,
         "met": ratio >= TARGET,

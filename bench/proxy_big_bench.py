@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.processes import Processes, start_berth, vm_hwm_mib  # noqa: E402
+from bench.processes import Processes, berth_peak_rss, start_berth, vm_hwm_mib  # noqa: E402
 from bench.proxy_bench import ADMIN, start_proxy  # noqa: E402
 from tests.support.clients import skopeo_copy  # noqa: E402
 from tests.support.images import build_image  # noqa: E402
@@ -76,10 +75,7 @@ def main() -> int:
         pulled = skopeo_copy(f"docker://{berth.split('://', 1)[1]}/bench/big:v1",
                              f"oci:{workdir / 'pulled'}:v1", creds=creds, timeout=1800)
         print(f"pull from Berth: {pulled.seconds:.1f} s", file=sys.stderr)
-        instances = [int(p) for p in re.search(r"worker processes \(pids ([\d ]+)\)",
-                                               log.read_text()).group(1).split()]
-        rss = {"gateway": vm_hwm_mib(server.pid), "proxy": vm_hwm_mib(proxy.pid),
-               "instances": [vm_hwm_mib(pid) for pid in instances]}
+        rss = {**berth_peak_rss(procs, "berth-aws-3", server), "proxy": vm_hwm_mib(proxy.pid)}
     finally:
         procs.stop()
     requests = request_lines(log)

@@ -143,8 +143,11 @@ def proxy_lines(out: str) -> list:
                   f"{proxy['median_seconds']['proxy']:.2f} s, directly to Berth in local mode without the "
                   f"limit {proxy['median_seconds']['direct']:.2f} s (medians of {proxy['reps']}): "
                   f"**{proxy['ratio_direct_over_proxy']}×** the direct throughput (target ≥ "
-                  f"{proxy['target']}×: {verdict}); proxy peak RSS {proxy['proxy_peak_rss_mib']} MiB "
-                  "(target < 200)."]
+                  f"{proxy['target']}×: {verdict}); peak RSS: proxy {proxy['proxy_peak_rss_mib']} MiB"
+                  + "".join(f", {kind} Berth {r['gateway']} MiB"
+                            + (f" (instances {', '.join(map(str, r['instances']))} MiB)" if r["instances"] else "")
+                            for kind, r in proxy.get("registry_peak_rss_mib", {}).items())
+                  + " (target < 200)."]
     big_path = os.path.join(out, "proxy-big.json")
     if os.path.exists(big_path):
         big = load(big_path)
