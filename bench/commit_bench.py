@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import statistics
 import sys
@@ -72,17 +71,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--out")
     args = parser.parse_args()
-    from berth_local import backend
-    from bench.processes import vm_hwm_mib
-    endpoint, moto = backend.start_moto_process(0)
-    backend.use_endpoint(endpoint)
-    os.environ["BERTH_TOKEN_KEY"] = "commit-bench-" + "k" * 32
-    os.environ["BERTH_LOG_LEVEL"] = "WARNING"
-    from chalicelib.auth import accounts
-    from chalicelib.storage.setup import ensure_resources
-    ensure_resources()
-    accounts.ensure_user("admin", "admin-test-password", admin=True)
-    from app import app
+    from bench.processes import in_process_berth, print_and_write, vm_hwm_mib
+    app, moto = in_process_berth("commit-bench")
     from berth_local.fleet import Fleet
     from berth_local.gateway import make_wsgi_app
     from berth_local.serve import start_in_thread
@@ -118,11 +108,7 @@ def main() -> None:
         server.close()
         fleet.close()
         moto.terminate()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    print_and_write(results, args.out)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ def commit_lines(out: str) -> list:
 
 
 def main() -> None:
+    if sys.argv[1] == "--proxy-only":      # a partial run: the proxy benchmarks' sections alone
+        print("\n".join(proxy_lines(sys.argv[2])))
+        return
     out = sys.argv[1]
     berth = load(os.path.join(out, "berth.json"))
     ref = load(os.path.join(out, "distribution-s3.json"))
@@ -104,18 +107,62 @@ def main() -> None:
                   f"{g['sweep']['dynamodb_read_units_estimated']} | {g['sweep']['blobs_deleted']} |",
                   f"| (one full table scan, for scale) | {g['scan']['dynamodb_requests']} | "
                   f"{g['scan']['dynamodb_read_units_estimated']} | |"]
+    lines += proxy_lines(out)
+    lines += commit_lines(out)
+    print("\n".join(lines))
+
+
+def proxy_lines(out: str) -> list:
+    """The `berth proxy` sections (bench/upload_profile.py, proxy_bench.py, proxy_big_bench.py)."""
+    lines: list = []
+    profile_path = os.path.join(out, "upload-profile.json")
+    if os.path.exists(profile_path):
+        p = load(profile_path)
+        kinds = [k for k in ("direct", "pieces", "proxy") if k in p]
+        names = sorted({n for k in kinds for n in p[k]["steps"]},
+                       key=lambda n: -max(p[k]["steps"].get(n, {}).get("s", 0) for k in kinds))
+        lines += ["", f"Where an upload's time goes (`bench/upload_profile.py`, one {p['blob_mib']} MiB "
+                  "blob, Berth, proxy and client in one process, moto in its own; seconds summed over "
+                  "the push, AWS calls are round trips to moto, so moto's work is in them): direct = "
+                  "one PATCH to local mode (8 MiB pieces), pieces = 4 MiB PATCHes to a 6 MiB-limited "
+                  "Berth, proxy = one PATCH to `berth proxy` in front of it.", "",
+                  "| step | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds),
+                  "| **wall** | " + " | ".join(f"**{p[k]['wall_s']}**" for k in kinds) + " |"]
+        for name in names:
+            cells = [p[k]["steps"].get(name) for k in kinds]
+            lines.append(f"| {name} | " + " | ".join(f"{c['s']} ({c['calls']})" if c else "" for c in cells) + " |")
     proxy_path = os.path.join(out, "proxy-bench.json")
     if os.path.exists(proxy_path):
         proxy = load(proxy_path)
         verdict = "met" if proxy["met"] else "MISSED"
-        lines += ["", f"`berth proxy`: a {proxy['image']['bytes'] / 1e6:.0f} MB image pushed with "
-                  f"skopeo through the proxy to a Berth refusing bodies over "
-                  f"{proxy['body_limit']} bytes took {proxy['median_seconds']['proxy']:.2f} s, "
-                  f"directly to Berth without the limit {proxy['median_seconds']['direct']:.2f} s: "
-                  f"**{proxy['ratio_direct_over_proxy']}×** the direct throughput (target ≥ 0.7×: "
-                  f"{verdict}); proxy peak RSS {proxy['proxy_peak_rss_mib']} MiB (target < 200)."]
-    lines += commit_lines(out)
-    print("\n".join(lines))
+        upstream = proxy.get("upstream", {"instances": 1, "gateway": "local"})
+        lines += ["", f"`berth proxy` (`bench/proxy_bench.py`): an image of {proxy['image']['bytes'] / 1e6:.0f} MB "
+                  f"(layers {proxy['image']['layers_mib']} MiB) pushed with skopeo through the proxy to a "
+                  f"Berth refusing bodies over {proxy['body_limit']} bytes "
+                  f"(BERTH_INSTANCES={upstream['instances']}, BERTH_GATEWAY={upstream['gateway']}) took "
+                  f"{proxy['median_seconds']['proxy']:.2f} s, directly to Berth in local mode without the "
+                  f"limit {proxy['median_seconds']['direct']:.2f} s (medians of {proxy['reps']}): "
+                  f"**{proxy['ratio_direct_over_proxy']}×** the direct throughput (target ≥ "
+                  f"{proxy['target']}×: {verdict}); peak RSS: proxy {proxy['proxy_peak_rss_mib']} MiB"
+                  + "".join(f", {kind} Berth {r['gateway']} MiB"
+                            + (f" (instances {', '.join(map(str, r['instances']))} MiB)" if r["instances"] else "")
+                            for kind, r in proxy.get("registry_peak_rss_mib", {}).items())
+                  + " (target < 200)."]
+    big_path = os.path.join(out, "proxy-big.json")
+    if os.path.exists(big_path):
+        big = load(big_path)
+        rss = big["peak_rss_mib"]
+        lines += ["", f"A {big['layer_mib'] // 1024} GiB layer with skopeo through `berth proxy` to "
+                  "`BERTH_GATEWAY=aws BERTH_INSTANCES=3` Berth (`bench/proxy_big_bench.py`): push "
+                  f"{big['push_s']} s ({big['push_mb_per_s']} MB/s), pull back {big['pull_s']} s, digest "
+                  f"{'equal' if big['digest_equal'] else 'DIFFERENT'}; {big['requests_logged']} requests "
+                  f"logged with their duration, the slowest {big['slowest_request_ms'] / 1000:.1f} s "
+                  f"({big['slowest_request']}; the blob's commit {(big['blob_commit_ms'] or 0) / 1000:.1f} s), "
+                  f"{big['gateway_504s']} answered 504 (limit 29 s: "
+                  f"{'met' if big['none_over_29s'] else 'MISSED'}). Peak RSS: gateway {rss['gateway']} MiB, "
+                  f"instances {', '.join(map(str, rss['instances']))} MiB, proxy {rss['proxy']} MiB "
+                  f"(target < 200: {'met' if big['rss_under_200'] else 'MISSED'})."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -28,8 +28,14 @@ echo "== garbage collection: DynamoDB cost of a sweep over 10,000 manifests" >&2
 echo "== upload commit latency across three Lambda instances: 4 MiB, 256 MiB, 2 GiB" >&2
 .venv/bin/python bench/commit_bench.py --reps "${COMMIT_BENCH_REPS:-1}" --out "$out/commit.json"
 
-echo "== berth proxy: 200 MiB push through the proxy to a 6 MiB-limited Berth vs direct" >&2
+echo "== berth proxy: where an upload's time goes (direct, 4 MiB pieces, through the proxy)" >&2
+.venv/bin/python bench/upload_profile.py --out "$out/upload-profile.json"
+
+echo "== berth proxy: 1 GiB push through the proxy to a 6 MiB-limited 3-instance Berth vs direct" >&2
 .venv/bin/python bench/proxy_bench.py --out "$out/proxy-bench.json"
+
+echo "== berth proxy: a 2 GiB layer to BERTH_GATEWAY=aws BERTH_INSTANCES=3, no request over 29 s" >&2
+.venv/bin/python bench/proxy_big_bench.py --out "$out/proxy-big.json"
 
 .venv/bin/python bench/report.py "$out" > bench/RESULTS.md
 cat bench/RESULTS.md

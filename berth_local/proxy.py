@@ -7,8 +7,13 @@ base64). This proxy runs on the user's machine, is pushed to as `127.0.0.1:5001/
 HTTP, which docker allows for 127.0.0.0/8), and forwards everything to the real registry:
 
 * a whole-layer upload body is cut into chunked-upload PATCHes (`Content-Range: start-end`) of
-  at most `--chunk-size` bytes, read from the client socket one piece at a time (bounded memory:
-  one piece per upload in flight), each following the `Location` of the previous 202;
+  at most `--chunk-size` bytes, read from the client socket piece by piece, each following the
+  `Location` of the previous 202. When the registry offers it (Berth's `Berth-Upload-Chunk:
+  ahead`, chalicelib/oci.py), two go at a time: while one in-order piece is written, the piece
+  after the next is stored ahead (on another Lambda instance), and the next in-order piece
+  takes it in (`join`), so a layer's pieces keep two instances busy; the registry still hashes
+  every byte in order and verifies the digest at the commit. Bounded memory: at most four
+  pieces per upload (one piece with other registries);
 * every upload body it forwards, cut or whole, goes as `Content-Type: application/octet-stream`:
   dockerd sends none, and API Gateway passes a body whose type is not a binary media type to
   Lambda as text, which mangles it (a deployment with the front door's `*/*` would not, but the
@@ -60,6 +65,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +77,7 @@ from berth_local.dockercreds import RegistryAuth, ScopedAuth, docker_config_dir,
 from berth_local.gateway import split_query
 from berth_local.serve import PLAIN_HTTP_ANSWER_TO_TLS, TLS_HANDSHAKE_RECORD
 from berth_local.cli import CliError, command
+from chalicelib import oci
 
 __all__ = ["ProxyServer", "Upstream", "start_proxy", "parse_upstream", "parse_listen",
            "parse_size", "DEFAULT_CHUNK_SIZE", "DEFAULT_LISTEN"]
@@ -90,6 +97,7 @@ COPY_BYTES = 1 * MIB            # response bodies are relayed in pieces of this 
 MAX_IDLE_CONNECTIONS = 16
 OCTET_STREAM = "application/octet-stream"
 TRACKED_UPLOADS = 4096
+AHEAD_WORKERS = 16              # pieced uploads that can each have one piece in flight ahead
 
 UPLOAD_PATH = re.compile(r"^/v2/(?P<name>.+)/blobs/uploads/(?P<id>[^/]*)$")
 _CONTENT_RANGE = re.compile(r"^\s*(?:bytes[ =]\s*)?(\d+)-(\d+)(?:/(?:\d+|\*))?\s*$", re.IGNORECASE)
@@ -843,8 +851,12 @@ class Proxy:
         self.progress = progress or Progress(mode="off")
         self.uploads = UploadTracker()
         self.auth = auth
+        # pieces sent ahead, one in flight per pieced upload (the in-order one is the handler's)
+        self._ahead_pool = ThreadPoolExecutor(max_workers=AHEAD_WORKERS,
+                                              thread_name_prefix="berth-proxy-ahead")
 
     def close(self) -> None:
+        self._ahead_pool.shutdown(wait=False, cancel_futures=True)
         self.client.pool.close()
         if self.auth is not None:
             self.auth.close()
@@ -1029,50 +1041,135 @@ class Proxy:
     def _send_pieces(self, request: Request, target: str, body: ClientBody, name: str,
                      start: Optional[int]) -> tuple[Reply, str]:
         """PATCH the body to `target` in pieces of at most chunk_size bytes, each with its
-        Content-Range, following each 202's Location. Returns (last reply, next target)."""
+        Content-Range, following each 202's Location. Returns (last reply, next target).
+
+        When the upstream advertises chunks sent ahead (Berth, chalicelib/oci.py), the pieces
+        after the first go two at a time: while one in-order piece is written (`join`), the
+        piece after the next is stored ahead on another instance, and the in-order piece takes
+        in the one stored ahead at its end. At most four pieces per upload are in memory."""
         path = target.split("?", 1)[0]
         offset = start if start is not None else self._upload_offset(request, target)
         record = self.uploads.ensure(path, name, offset)
         record.offset = offset
         template = without(request.forward_headers(), _BODY_HEADERS)
         template.append(("Content-Type", OCTET_STREAM))
-        total = body.length
         label = f"{name} {path.rsplit('/', 1)[-1][:12]}"
-        token = self.progress.begin(label, total)
-        buffer = bytearray(self.chunk_size)
-        view = memoryview(buffer)
-        last: Optional[Reply] = None
+        sender = _PieceSender(self.client, request, target, offset, record, template, self.progress,
+                              self.progress.begin(label, body.length))
         try:
-            while True:
-                n = body.readinto(view)
-                if n == 0:
-                    break
-                headers = template + [("Content-Range", f"{offset}-{offset + n - 1}"),
-                                      ("Content-Length", str(n))]
-                now = time.monotonic()
-                record.started = record.started or now
-                reply = self.client.call("PATCH", target, headers, view[:n], auth=request.auth)
-                if not reply.ok:
-                    record.offset = None        # unknown now: ask the upstream next time
-                    raise UploadFailed(reply)
-                offset += n
-                record.offset = offset
-                record.sent += n
-                record.pieces += 1
-                record.last = time.monotonic()
-                self.progress.advance(token, n)
-                location = reply.header("location")
-                if location:
-                    target = self.client.to_target(location, target)
-                last = reply
-                if n < len(buffer):
-                    break
+            first = self._read_piece(body)
+            if first:
+                reply = sender.in_order(first)
+                if len(first) == self.chunk_size and _offers_ahead(reply):
+                    self._send_paired(sender, body)
+                elif len(first) == self.chunk_size:
+                    self._send_in_order(sender, body)
         finally:
-            self.progress.end(token)
-        if last is None:  # cannot happen: only bodies larger than one piece come here
+            self.progress.end(sender.token)
+        if sender.last is None:  # cannot happen: only bodies larger than one piece come here
             raise UploadFailed(Reply(400, "Bad Request", [("Content-Type", "application/json")],
                                      oci_error_body("BLOB_UPLOAD_INVALID", "empty upload body")))
-        return last, target
+        return sender.last, sender.target
+
+    def _read_piece(self, body: ClientBody) -> bytearray:
+        """The next piece of the client's body (shorter than chunk_size only at its end)."""
+        piece = bytearray(self.chunk_size)
+        n = body.readinto(memoryview(piece))
+        if n < len(piece):
+            del piece[n:]
+        return piece
+
+    def _send_in_order(self, sender: "_PieceSender", body: ClientBody) -> None:
+        while True:
+            piece = self._read_piece(body)
+            if piece:
+                sender.in_order(piece)
+            if len(piece) < self.chunk_size:
+                return
+
+    def _send_paired(self, sender: "_PieceSender", body: ClientBody) -> None:
+        """Pieces a, b, a2, b2 ...: b is stored ahead while the previous a is written, then a is
+        written with `join` and takes b in. A b the upstream did not keep is sent in order."""
+        a = self._read_piece(body)
+        b = self._read_piece(body) if len(a) == self.chunk_size else bytearray()
+        stored = bool(b) and _kept_ahead(sender.ahead(b, sender.target, sender.offset + len(a)))
+        while a:
+            a2 = self._read_piece(body) if len(b) == self.chunk_size else bytearray()
+            b2 = self._read_piece(body) if len(a2) == self.chunk_size else bytearray()
+            future = None
+            if b2:
+                future = self._ahead_pool.submit(sender.ahead, b2, sender.target,
+                                                  sender.offset + len(a) + len(b) + len(a2))
+            try:
+                reply = sender.in_order(a, join=stored)
+                if stored and _range_end(reply.header("range")) == sender.offset + len(b):
+                    sender.taken_in(b)
+                elif b:
+                    sender.in_order(b)
+            finally:
+                stored = _kept_ahead(future)
+            a, b = a2, b2
+
+
+class _PieceSender:
+    """The in-order PATCHes of one pieced upload, and the pieces sent ahead of them."""
+
+    def __init__(self, client: UpstreamClient, request: Request, target: str, offset: int,
+                 record: UploadRecord, template: Headers, progress: Progress, token: int) -> None:
+        self.client, self.request, self.target, self.offset = client, request, target, offset
+        self.record, self.template, self.progress, self.token = record, template, progress, token
+        self.last: Optional[Reply] = None
+
+    def _headers(self, start: int, n: int, kind: Optional[str]) -> Headers:
+        headers = self.template + [("Content-Range", f"{start}-{start + n - 1}"),
+                                   ("Content-Length", str(n))]
+        return headers + [(oci.UPLOAD_CHUNK_HEADER, kind)] if kind else headers
+
+    def in_order(self, piece: bytearray, join: bool = False) -> Reply:
+        n = len(piece)
+        self.record.started = self.record.started or time.monotonic()
+        reply = self.client.call("PATCH", self.target,
+                                 self._headers(self.offset, n, oci.CHUNK_JOIN if join else None),
+                                 piece, auth=self.request.auth)
+        if not reply.ok:
+            self.record.offset = None        # unknown now: ask the upstream next time
+            raise UploadFailed(reply)
+        self.last = reply
+        self.taken_in(piece)
+        location = reply.header("location")
+        if location:
+            self.target = self.client.to_target(location, self.target)
+        return reply
+
+    def taken_in(self, piece: bytearray) -> None:
+        """`piece` is part of the upload now (sent in order, or stored ahead and joined)."""
+        n = len(piece)
+        self.offset += n
+        self.record.offset = self.offset
+        self.record.sent += n
+        self.record.pieces += 1
+        self.record.last = time.monotonic()
+        self.progress.advance(self.token, n)
+
+    def ahead(self, piece: bytearray, target: str, start: int) -> Reply:
+        return self.client.call("PATCH", target, self._headers(start, len(piece), oci.CHUNK_AHEAD),
+                                piece, auth=self.request.auth)
+
+
+def _offers_ahead(reply: Reply) -> bool:
+    return (reply.header(oci.UPLOAD_CHUNK_HEADER) or "").strip().lower() == oci.CHUNK_AHEAD
+
+
+def _kept_ahead(outcome: "Reply | Future[Reply] | None") -> bool:
+    """Whether a piece sent ahead is stored upstream (waits for it if still in flight)."""
+    if outcome is None:
+        return False
+    try:
+        reply = outcome.result() if isinstance(outcome, Future) else outcome
+    except UpstreamError as exc:
+        log.info("a piece sent ahead failed (%s); it is sent in order instead", exc)
+        return False
+    return reply.status == 202
 
 
 def _is_upload_body(request: Request, body: ClientBody) -> bool:

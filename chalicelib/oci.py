@@ -34,6 +34,13 @@ NONDISTRIBUTABLE_LAYER_TYPES = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 })
 MANIFEST_MAX_BYTES = 4 * 1024 * 1024
+# Berth's extension of chunked uploads (chalicelib/uploads.py), used by `berth proxy` and
+# advertised on every upload session answer: a PATCH with `Berth-Upload-Chunk: ahead` stores a
+# chunk that starts after the bytes received so far, for later; one with `join` is an ordinary
+# in-order chunk that also takes in the chunk stored ahead at its end. Other clients send neither
+# and keep distribution-spec's behaviour (an out-of-order chunk answers 416).
+UPLOAD_CHUNK_HEADER = "Berth-Upload-Chunk"
+CHUNK_AHEAD, CHUNK_JOIN = "ahead", "join"
 
 
 def is_valid_name(name: str) -> bool:

@@ -10,6 +10,13 @@ Concurrency: a request that writes a chunk first takes the session's writer leas
 update: the offset it saw, no live lease), so two requests never write the same S3 part; the one
 that loses answers 416 with the session's real Range and the session stays usable.
 
+Chunks sent ahead (`Berth-Upload-Chunk`, chalicelib/oci.py; what `berth proxy` does): a chunk
+that starts after the bytes received so far is stored as `uploads/<id>/ahead-<start>` and changes
+nothing else; the in-order chunk that ends at <start>, sent with `join`, reads it back, hashes it
+after its own bytes and writes both (a part of 8 MiB from two 4 MiB chunks). So two requests of
+one upload run at once on two instances, with the same S3 traffic as a tail: the hash is still
+updated strictly in order, and nothing is visible before the commit verified the digest.
+
 Commit cost does not grow with the blob: the digest is checked against the saved hash state, and
 the multipart upload is assembled at blobstore.assembled_key(upload id), which becomes the blob's
 object (BlobItem.key): no copy, no read-back. Only what cannot take that path pays more: a tail
@@ -33,6 +40,8 @@ from chalicelib.storage.metadata import is_condition_failure, publish_blob
 from chalicelib.storage.models import UPLOADS_PK, UploadItem
 
 PART_MIN = 5 * 1024 * 1024   # S3's minimum size of every part but the last
+# How far past the bytes received a chunk sent ahead may start: two chunks of a Lambda-sized body.
+AHEAD_WINDOW = 16 * 1024 * 1024
 # How long a request may hold a session while it writes a chunk: longer than the API function's
 # timeout (120 s), so a lease outlives its writer only when the writer died.
 WRITER_LEASE_SECONDS = 130
@@ -55,10 +64,14 @@ def start(repo: str) -> UploadItem:
     return session
 
 
-def load(repo: str, upload_id: str) -> UploadItem:
-    """The session `upload_id` of `repo`, or BLOB_UPLOAD_UNKNOWN."""
+def _check_upload_id(upload_id: str) -> None:
     if not upload_id or len(upload_id) > 64 or not upload_id.isalnum():
         raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"uuid": upload_id[:64]})
+
+
+def load(repo: str, upload_id: str) -> UploadItem:
+    """The session `upload_id` of `repo`, or BLOB_UPLOAD_UNKNOWN."""
+    _check_upload_id(upload_id)
     try:
         session = UploadItem.get(UPLOADS_PK, upload_id, consistent_read=True)
     except DoesNotExist:
@@ -117,6 +130,32 @@ def _expires_cleanly(operation):
 # ---------------------------------------------------------------- the writer lease
 
 
+def _load_held(repo: str, upload_id: str, start_offset: Optional[int]) -> tuple[UploadItem, str]:
+    """Load the session and take its writer lease in ONE conditional update (a chunk's first
+    DynamoDB round trip; the save is the second). Only when the condition fails is the
+    session read to say why: unknown (404), or not at `start_offset` / busy (416)."""
+    _check_upload_id(upload_id)
+    token = uuid.uuid4().hex
+    now = time.time()
+    condition = ((UploadItem.repo == repo)
+                 & (UploadItem.writer.does_not_exist() | (UploadItem.writer_until < now)))
+    if start_offset is not None:
+        condition &= UploadItem.offset == start_offset
+    session = UploadItem(UPLOADS_PK, upload_id)
+    try:
+        session.update(actions=[UploadItem.writer.set(token),
+                                UploadItem.writer_until.set(now + WRITER_LEASE_SECONDS)],
+                       condition=condition)
+    except UpdateError as exc:
+        if not is_condition_failure(exc):
+            raise
+        current = load(repo, upload_id)
+        if start_offset is not None and start_offset != current.offset:
+            raise _out_of_order(current, start_offset) from None
+        raise _lost_race(current) from None
+    return session, token
+
+
 def _hold(session: UploadItem) -> str:
     """Take the session's writer lease at the offset we saw; 416 if another request has it."""
     token = uuid.uuid4().hex
@@ -167,26 +206,77 @@ def _resume_hash(session: UploadItem) -> Optional[resumable_hash.ResumableSha256
         return None   # the commit reads the blob back instead
 
 
-def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None) -> UploadItem:
-    """Add `data` at the end of the session; `start_offset` (from Content-Range) must be the end."""
+def append(session: UploadItem, data: bytes, start_offset: Optional[int] = None,
+           join: bool = False) -> UploadItem:
+    """Add `data` at the end of the session; `start_offset` (from Content-Range) must be the end.
+    With `join`, a chunk stored ahead at the end of `data` is taken in too."""
     if start_offset is not None and start_offset != session.offset:
-        raise _range_error(session, f"chunk starts at {start_offset}, but {session.offset} bytes "
-                                    "were received: chunks must be sent in order, without overlap")
+        raise _out_of_order(session, start_offset)
     if not data:
         return session
-    return _write_chunk(session, data)
+    return _write_chunk(session, data, join)
 
 
-@_expires_cleanly
-@_holding
-def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
+def write_chunk(repo: str, upload_id: str, data: bytes, start_offset: Optional[int] = None,
+                join: bool = False) -> UploadItem:
+    """A PATCH's chunk: append() for a session not loaded yet, one DynamoDB round trip
+    cheaper (the lease update loads it)."""
+    session, token = _load_held(repo, upload_id, start_offset)
+    try:
+        return _expires_cleanly(_write_held)(session, token, data, join)
+    except BaseException:
+        _release(session, token)
+        raise
+
+
+def _out_of_order(session: UploadItem, start_offset: int) -> RegistryError:
+    return _range_error(session, f"chunk starts at {start_offset}, but {session.offset} bytes "
+                                 "were received: chunks must be sent in order, without overlap")
+
+
+def store_ahead(session: UploadItem, data: bytes, start_offset: int) -> UploadItem:
+    """Keep a chunk that starts after the bytes received so far, for the in-order chunk that
+    ends where it starts to take in (`join`). A chunk that is not ahead is an ordinary one."""
+    if start_offset <= session.offset:
+        return append(session, data, start_offset)
+    if start_offset - session.offset > AHEAD_WINDOW or not data:
+        raise _range_error(session, f"a chunk sent ahead must start within {AHEAD_WINDOW} bytes "
+                                    f"after the {session.offset} bytes received and not be empty")
+    blobstore.put_object(_ahead_key(session, start_offset), data)
+    return session
+
+
+def _ahead_key(session: UploadItem, start_offset: int) -> str:
+    return _staging_key(session, f"ahead-{start_offset}")
+
+
+def _take_ahead(session: UploadItem, start_offset: int) -> Optional[tuple[str, bytes]]:
+    """The chunk stored ahead at `start_offset`, if any: (its key, its bytes)."""
+    from botocore.exceptions import ClientError
+    key = _ahead_key(session, start_offset)
+    try:
+        return key, blobstore.get_object(key)
+    except ClientError as exc:
+        if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") == "NoSuchKey":
+            return None
+        raise
+
+
+def _write_held(session: UploadItem, token: str, data: bytes, join: bool = False) -> UploadItem:
+    """Write `data` (and with `join` the chunk stored ahead at its end) under the lease `token`."""
     old_offset = session.offset
     hasher = _resume_hash(session)
-    if hasher is not None:
-        hasher.update(data)
-    pending = data
+    ahead = _take_ahead(session, old_offset + len(data)) if join else None
+    ahead_key = ahead[0] if ahead is not None else None
+    pieces = [data] if ahead is None else [data, ahead[1]]
+    received = sum(map(len, pieces))
+    for piece in pieces:               # in order: the hash state goes on byte by byte
+        if hasher is not None:
+            hasher.update(piece)
     if session.tail_key:
-        pending = blobstore.get_object(session.tail_key) + data
+        pieces.insert(0, blobstore.get_object(session.tail_key))
+    pending = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    del ahead, pieces                  # only `pending` from here on: a Lambda's memory is small
     old_tail = session.tail_key
     if len(pending) >= PART_MIN:
         _write_part(session, pending)
@@ -195,7 +285,7 @@ def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
         session.tail_key = _staging_key(session, f"tail-{uuid.uuid4().hex}")
         blobstore.put_object(session.tail_key, pending)
         session.tail_size = len(pending)
-    session.offset = old_offset + len(data)
+    session.offset = old_offset + received
     session.updated = time.time()
     session.hash_state = hasher.state() if hasher is not None else None
     session.writer, session.writer_until = None, None
@@ -209,7 +299,12 @@ def _write_chunk(session: UploadItem, token: str, data: bytes) -> UploadItem:
         raise _lost_race(session) from None   # our lease expired and another request went on
     if old_tail:
         blobstore.delete_object(old_tail)
+    if ahead_key is not None:
+        blobstore.delete_object(ahead_key)
     return session
+
+
+_write_chunk = _expires_cleanly(_holding(_write_held))
 
 
 def _write_part(session: UploadItem, data: bytes) -> None:

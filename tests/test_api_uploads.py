@@ -90,6 +90,45 @@ def test_out_of_order_and_overlapping_chunks_get_416_with_current_range(registry
     assert r.status_code == 416
 
 
+def test_chunks_sent_ahead_are_joined_in_order_and_verified(registry):
+    """`berth proxy`'s two-at-a-time upload: a chunk stored ahead changes nothing until the
+    in-order chunk ending where it starts joins it; the digest still covers every byte."""
+    a, b, c = os.urandom(4 * MiB), os.urandom(4 * MiB), os.urandom(3 * MiB)
+    url = start(registry, "up/ahead")
+    r = http.patch(url, data=b, headers={"Content-Range": f"{len(a)}-{len(a) + len(b) - 1}",
+                                         "Berth-Upload-Chunk": "ahead"})
+    assert r.status_code == 202 and r.headers["Range"] == "0-0"
+    assert r.headers["Berth-Upload-Chunk"] == "ahead"
+    r = http.patch(url, data=a, headers={"Content-Range": f"0-{len(a) - 1}", "Berth-Upload-Chunk": "join"})
+    assert r.status_code == 202 and r.headers["Range"] == f"0-{len(a) + len(b) - 1}"
+    # a join with nothing stored ahead is an ordinary chunk
+    r = http.patch(url, data=c, headers={"Content-Range": f"{len(a) + len(b)}-{len(a) + len(b) + len(c) - 1}",
+                                         "Berth-Upload-Chunk": "join"})
+    assert r.status_code == 202 and r.headers["Range"] == f"0-{len(a) + len(b) + len(c) - 1}"
+    assert http.put(url, params={"digest": sha256(a + c)}).status_code == 400   # not what was sent
+    url = start(registry, "up/ahead")
+    http.patch(url, data=b, headers={"Content-Range": f"{len(a)}-{len(a) + len(b) - 1}", "Berth-Upload-Chunk": "ahead"})
+    http.patch(url, data=a, headers={"Content-Range": f"0-{len(a) - 1}", "Berth-Upload-Chunk": "join"})
+    assert http.put(url, params={"digest": sha256(a + b)}).status_code == 201
+    assert pull(registry, "up/ahead", sha256(a + b)) == a + b
+
+
+def test_chunks_ahead_only_when_asked_and_within_bounds(registry):
+    url = start(registry, "up/ahead-bounds")
+    # without the header an out-of-order chunk is a 416, as distribution-spec requires
+    r = http.patch(url, data=b"x" * 10, headers={"Content-Range": "10-19"})
+    assert r.status_code == 416 and r.headers["Range"] == "0-0"
+    far = 16 * MiB + 1
+    r = http.patch(url, data=b"x" * 10, headers={"Content-Range": f"{far}-{far + 9}", "Berth-Upload-Chunk": "ahead"})
+    assert r.status_code == 416 and error_code(r) == "RANGE_INVALID"
+    r = http.patch(url, data=b"x" * 10, headers={"Content-Range": "0-9", "Berth-Upload-Chunk": "sideways"})
+    assert r.status_code == 400 and error_code(r) == "BLOB_UPLOAD_INVALID"
+    # a chunk marked ahead that starts at the end is written at once
+    r = http.patch(url, data=b"x" * 10, headers={"Content-Range": "0-9", "Berth-Upload-Chunk": "ahead"})
+    assert r.status_code == 202 and r.headers["Range"] == "0-9"
+    assert http.put(url, params={"digest": sha256(b"x" * 10)}).status_code == 201
+
+
 def test_final_put_may_carry_the_last_chunk(registry):
     data = os.urandom(MiB)
     url = start(registry, "up/final-body")

@@ -90,6 +90,11 @@ class FakeRegistry:
         self.basic: Optional[str] = None                   # set: every request needs this Basic
         self.connections = 0
         self.lock = threading.Lock()
+        # Berth's chunks sent ahead (chalicelib/oci.py): off, as on other registries
+        self.offers_ahead = False
+        self.ahead: dict[tuple[str, int], bytes] = {}
+        self.in_flight = self.most_in_flight = 0
+        self.on_patch = None        # called with the upload's bytes so far as each PATCH arrives
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -160,7 +165,15 @@ class FakeRegistry:
         with self.lock:
             self.seen.append(seen)
             patch_number = sum(1 for s in self.seen if s.method == "PATCH")
-        status, headers, payload = self._answer(seen, patch_number)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            status, headers, payload = self._answer(seen, patch_number)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        if self.offers_ahead and "/blobs/uploads/" in seen.path:
+            headers = {**headers, "Berth-Upload-Chunk": "ahead"}
         h.send_response(status)
         for name, value in headers.items():
             h.send_header(name, value)
@@ -203,13 +216,25 @@ class FakeRegistry:
         if seen.method == "PATCH":
             if patch_number in self.fail_patch:
                 return self.fail_patch[patch_number]
+            if self.on_patch is not None:
+                self.on_patch(len(data))
             content_range = seen.headers.get("content-range")
+            kind = seen.headers.get("berth-upload-chunk") if self.offers_ahead else None
             if content_range is not None:
                 start, end = map(int, content_range.split("-"))
+                if kind == "ahead" and start > len(data):
+                    time.sleep(0.01)       # an S3 PutObject: the in-order piece may overtake it
+                    with self.lock:
+                        self.ahead[(upload_id, start)] = seen.body
+                    return 202, {**range_header, "Location": self._location(seen.path, state)}, b""
                 if start != len(data) or end - start + 1 != len(seen.body):
                     return 416, {**range_header, "Content-Type": "application/json"}, \
                         b'{"errors":[{"code":"RANGE_INVALID"}]}'
+            time.sleep(0.02)               # the in-order piece's work (hash, S3 part, session save)
             data += seen.body
+            if kind == "join":
+                with self.lock:
+                    data += self.ahead.pop((upload_id, len(data)), b"")
             return 202, {"Location": self._location(seen.path, state + 1),
                          "Range": f"0-{len(data) - 1}", "Docker-Upload-UUID": upload_id}, b""
         if seen.method == "PUT":
@@ -443,6 +468,38 @@ def test_every_upload_body_goes_upstream_as_octet_stream(proxied):
     assert manifest.status_code == 404     # the fake has no manifests; what matters is what it got
     assert fake.requests("PUT")[-1].headers["content-type"] == "application/vnd.oci.image.manifest.v1+json"
     assert "content-type" not in fake.requests("POST")[0].headers
+
+
+def test_pieces_go_two_at_a_time_where_offered_with_at_most_four_read_ahead(fake):
+    """Berth offers chunks sent ahead: every other piece is stored ahead while the previous
+    in-order piece is written, then joined, and the blob is exact. The proxy reads the client's
+    body at most four pieces past what the registry holds (plus socket buffers), not the whole
+    layer ahead."""
+    fake.offers_ahead = True
+    piece = 8 * MiB
+    server, port = start_proxy(fake.url, chunk_size=piece)
+    data = pseudo_random(12 * piece + 12345)
+    produced, leads = [0], []
+    fake.on_patch = lambda held: leads.append(produced[0] - held)
+
+    def client_body():
+        for i in range(0, len(data), 256 * KiB):
+            produced[0] += len(data[i:i + 256 * KiB])
+            yield data[i:i + 256 * KiB]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        location = requests.post(f"{base}/v2/big/blobs/uploads/").headers["Location"]
+        r = requests.patch(base + location, data=client_body(), timeout=60)
+        assert r.status_code == 202, r.text
+        r = requests.put(base + r.headers["Location"], params={"digest": sha256(data)}, timeout=60)
+        assert r.status_code == 201
+    finally:
+        server.stop()
+    assert fake.blobs[sha256(data)] == data
+    kinds = [s.headers.get("berth-upload-chunk") for s in fake.requests("PATCH")]
+    assert kinds.count("ahead") >= 5 and kinds.count("join") >= 5, kinds
+    assert fake.most_in_flight >= 2                  # an ahead piece overlapped an in-order one
+    assert max(leads) <= 4 * piece + 16 * MiB, [lead // MiB for lead in leads]   # 16 MiB: socket buffers
 
 
 def test_a_monolithic_post_becomes_post_pieces_put(proxied):

@@ -24,7 +24,8 @@ def _created(name: str, digest: str) -> Response:
 
 def _session_headers(session) -> dict:
     return {"Location": uploads.location(session), "Docker-Upload-UUID": session.sk,
-            "Range": uploads.range_header(session.offset)}
+            "Range": uploads.range_header(session.offset),
+            oci.UPLOAD_CHUNK_HEADER: oci.CHUNK_AHEAD}   # chunks may be sent ahead (oci.py)
 
 
 def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Response]:
@@ -78,14 +79,22 @@ def _chunk_start(request: Request, length: int) -> Optional[int]:
 
 @route("PATCH", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def upload_chunk(request: Request) -> Response:
-    session = uploads.load(request.name, request.params["uuid"])
-    body = request.body
+    upload_id, body = request.params["uuid"], request.body
+    kind = (request.header(oci.UPLOAD_CHUNK_HEADER) or "").strip().lower()
     try:
         start = _chunk_start(request, len(body))
+        if kind not in ("", oci.CHUNK_AHEAD, oci.CHUNK_JOIN) or (kind == oci.CHUNK_AHEAD and start is None):
+            raise RegistryError("BLOB_UPLOAD_INVALID", f"{oci.UPLOAD_CHUNK_HEADER} must be "
+                                f"{oci.CHUNK_AHEAD!r} (with a Content-Range) or {oci.CHUNK_JOIN!r}")
     except RegistryError as error:
-        error.headers.update(_session_headers(session))
+        error.headers.update(_session_headers(uploads.load(request.name, upload_id)))
         raise
-    session = uploads.append(session, body, start)
+    if kind == oci.CHUNK_AHEAD:
+        session = uploads.store_ahead(uploads.load(request.name, upload_id), body, start)
+    elif body:   # the usual case: loading the session and taking its lease are one update
+        session = uploads.write_chunk(request.name, upload_id, body, start, join=kind == oci.CHUNK_JOIN)
+    else:
+        session = uploads.append(uploads.load(request.name, upload_id), body, start)
     return empty(202, _session_headers(session))
 
 

@@ -1,0 +1,67 @@
+"""The local moto server (`make run`'s AWS): its cheaper multipart completion answers exactly as
+moto's own (berth_local/moto_server.py)."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from berth_local import backend
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def s3():
+    endpoint, moto = backend.start_moto_process(0)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing",
+                          config=Config(signature_version="s3v4"))
+    client.create_bucket(Bucket="berth-moto-test")
+    yield client
+    moto.terminate()
+    moto.wait(timeout=10)
+
+
+def upload(s3, key: str, parts: list[bytes]) -> tuple[str, list[dict]]:
+    mpu = s3.create_multipart_upload(Bucket="berth-moto-test", Key=key)["UploadId"]
+    done = [{"PartNumber": n, "ETag": s3.upload_part(Bucket="berth-moto-test", Key=key, UploadId=mpu, PartNumber=n,
+                                                     Body=data)["ETag"]}
+            for n, data in enumerate(parts, 1)]
+    return mpu, done
+
+
+def test_a_completed_upload_is_the_parts_in_order_with_s3s_etag(s3):
+    parts = [os.urandom(5 * MiB), os.urandom(5 * MiB + 3), os.urandom(1234)]
+    mpu, done = upload(s3, "k", parts)
+    answer = s3.complete_multipart_upload(Bucket="berth-moto-test", Key="k", UploadId=mpu, MultipartUpload={"Parts": done})
+    md5s = b"".join(hashlib.md5(p).digest() for p in parts)
+    assert answer["ETag"] == f'"{hashlib.md5(md5s).hexdigest()}-3"'
+    got = s3.get_object(Bucket="berth-moto-test", Key="k")
+    assert got["Body"].read() == b"".join(parts)
+    assert got["ContentLength"] == sum(map(len, parts)) and got["ETag"] == answer["ETag"]
+    assert s3.get_object(Bucket="berth-moto-test", Key="k", Range="bytes=5242878-5242881")["Body"].read() == \
+        b"".join(parts)[5242878:5242882]
+    with pytest.raises(ClientError) as gone:     # the upload is finished
+        s3.list_parts(Bucket="berth-moto-test", Key="k", UploadId=mpu)
+    assert gone.value.response["Error"]["Code"] == "NoSuchUpload"
+
+
+@pytest.mark.parametrize("case, code", [("small part before the last", "EntityTooSmall"),
+                                        ("wrong etag", "InvalidPart"),
+                                        ("unknown part", "InvalidPart")])
+def test_completion_errors_are_moto_s3s(s3, case, code):
+    parts = [os.urandom(1 * MiB), os.urandom(10)] if case.startswith("small") else [os.urandom(5 * MiB), os.urandom(10)]
+    mpu, done = upload(s3, "e", parts)
+    if case == "wrong etag":
+        done[1]["ETag"] = '"' + "0" * 32 + '"'
+    if case == "unknown part":
+        done.append({"PartNumber": 7, "ETag": done[0]["ETag"]})
+    with pytest.raises(ClientError) as refused:
+        s3.complete_multipart_upload(Bucket="berth-moto-test", Key="e", UploadId=mpu, MultipartUpload={"Parts": done})
+    assert refused.value.response["Error"]["Code"] == code
+    s3.abort_multipart_upload(Bucket="berth-moto-test", Key="e", UploadId=mpu)
