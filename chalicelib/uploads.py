@@ -130,22 +130,29 @@ def _expires_cleanly(operation):
 # ---------------------------------------------------------------- the writer lease
 
 
+def _take_lease(session: UploadItem, condition) -> str:
+    """Take the session's writer lease where `condition` holds and no live lease exists; the
+    token that proves it is ours. A failed condition raises UpdateError."""
+    token = uuid.uuid4().hex
+    now = time.time()
+    session.update(actions=[UploadItem.writer.set(token),
+                            UploadItem.writer_until.set(now + WRITER_LEASE_SECONDS)],
+                   condition=condition & (UploadItem.writer.does_not_exist()
+                                          | (UploadItem.writer_until < now)))
+    return token
+
+
 def _load_held(repo: str, upload_id: str, start_offset: Optional[int]) -> tuple[UploadItem, str]:
     """Load the session and take its writer lease in ONE conditional update (a chunk's first
     DynamoDB round trip; the save is the second). Only when the condition fails is the
     session read to say why: unknown (404), or not at `start_offset` / busy (416)."""
     _check_upload_id(upload_id)
-    token = uuid.uuid4().hex
-    now = time.time()
-    condition = ((UploadItem.repo == repo)
-                 & (UploadItem.writer.does_not_exist() | (UploadItem.writer_until < now)))
+    condition = UploadItem.repo == repo
     if start_offset is not None:
         condition &= UploadItem.offset == start_offset
     session = UploadItem(UPLOADS_PK, upload_id)
     try:
-        session.update(actions=[UploadItem.writer.set(token),
-                                UploadItem.writer_until.set(now + WRITER_LEASE_SECONDS)],
-                       condition=condition)
+        return session, _take_lease(session, condition)
     except UpdateError as exc:
         if not is_condition_failure(exc):
             raise
@@ -153,23 +160,16 @@ def _load_held(repo: str, upload_id: str, start_offset: Optional[int]) -> tuple[
         if start_offset is not None and start_offset != current.offset:
             raise _out_of_order(current, start_offset) from None
         raise _lost_race(current) from None
-    return session, token
 
 
 def _hold(session: UploadItem) -> str:
     """Take the session's writer lease at the offset we saw; 416 if another request has it."""
-    token = uuid.uuid4().hex
-    now = time.time()
     try:
-        session.update(actions=[UploadItem.writer.set(token),
-                                UploadItem.writer_until.set(now + WRITER_LEASE_SECONDS)],
-                       condition=(UploadItem.offset == session.offset)
-                       & (UploadItem.writer.does_not_exist() | (UploadItem.writer_until < now)))
+        return _take_lease(session, UploadItem.offset == session.offset)
     except UpdateError as exc:
         if is_condition_failure(exc):
             raise _lost_race(session) from None
         raise
-    return token
 
 
 def _release(session: UploadItem, token: str) -> None:
@@ -181,16 +181,20 @@ def _release(session: UploadItem, token: str) -> None:
         pass
 
 
+def _while_holding(session: UploadItem, token: str, work: Callable, *args) -> UploadItem:
+    """`work(session, token, *args)` under our lease `token`, releasing it if the work fails."""
+    try:
+        return work(session, token, *args)
+    except BaseException:
+        _release(session, token)
+        raise
+
+
 def _holding(work: Callable[[UploadItem, str], UploadItem]):
-    """Run `work(session, token)` under the writer lease, releasing it if the work fails."""
+    """Run `work(session, token)` under the writer lease taken first."""
     @functools.wraps(work)
-    def wrapper(session: UploadItem, *args, **kwargs):
-        token = _hold(session)
-        try:
-            return work(session, token, *args, **kwargs)
-        except BaseException:
-            _release(session, token)
-            raise
+    def wrapper(session: UploadItem, *args):
+        return _while_holding(session, _hold(session), work, *args)
     return wrapper
 
 
@@ -222,11 +226,7 @@ def write_chunk(repo: str, upload_id: str, data: bytes, start_offset: Optional[i
     """A PATCH's chunk: append() for a session not loaded yet, one DynamoDB round trip
     cheaper (the lease update loads it)."""
     session, token = _load_held(repo, upload_id, start_offset)
-    try:
-        return _expires_cleanly(_write_held)(session, token, data, join)
-    except BaseException:
-        _release(session, token)
-        raise
+    return _while_holding(session, token, _expires_cleanly(_write_held), data, join)
 
 
 def _out_of_order(session: UploadItem, start_offset: int) -> RegistryError:
