@@ -69,17 +69,20 @@ _SERIALIZED = None     # the serialized() context start_moto_thread entered for 
 
 
 def start_moto_thread(host: str = "127.0.0.1"):
-    """Start moto in this process (fast; for tests), with DynamoDB requests serialized for the
-    rest of the process (see start_moto_process). Returns (endpoint, server)."""
+    """Start moto in this process (fast; for tests), with DynamoDB requests serialized and
+    checksummed PutObjects checked for the rest of the process (see start_moto_process).
+    Returns (endpoint, server)."""
     from moto.server import ThreadedMotoServer
 
     from berth_local.moto_dynamodb import serialized
+    from berth_local.moto_server import checked_sha256_uploads
     # Keep the context manager: dropped, it is garbage-collected at once, its generator is
     # closed, and the `finally` in serialized() takes the patches out again.
     global _SERIALIZED
     if _SERIALIZED is None:
         _SERIALIZED = serialized()
         _SERIALIZED.__enter__()
+        checked_sha256_uploads()     # S3's refusal of a body that does not match its checksum
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()

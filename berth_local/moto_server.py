@@ -12,8 +12,15 @@ put_object, and writes the parts' bytes into the object one part at a time. What
 (answers, errors, the object's bytes and ETag) is unchanged; only the time and memory are not.
 Uploads that asked for a checksum algorithm keep moto's own code.
 
+And a PutObject that carries `x-amz-checksum-sha256` is refused (400 BadDigest) when its body
+does not hash to it, as S3 does (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+checking-object-integrity.html); moto 5.2.5 stores the claim unchecked unless
+`x-amz-sdk-checksum-algorithm` comes with it, which a presigned upload (`berth proxy`'s pieces,
+chalicelib/uploads.py) does not send.
+
 usage: python -m berth_local.moto_server -H 127.0.0.1 -p PORT
 """
+import base64
 import hashlib
 import sys
 from typing import Any, Iterator
@@ -72,9 +79,27 @@ def cheaper_multipart_completion() -> None:
     S3Backend.complete_multipart_upload = complete_multipart_upload
 
 
+def checked_sha256_uploads() -> None:
+    """Install the PutObject checksum check described above (this process only)."""
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.responses import S3Response
+    original = S3Response.put_object
+
+    def put_object(self):
+        claimed = self.headers.get("x-amz-checksum-sha256")
+        if claimed is not None:
+            actual = base64.b64encode(hashlib.sha256(self.body or b"").digest()).decode()
+            if actual != claimed:
+                raise S3ClientError("BadDigest", "The SHA256 you specified did not match the "
+                                                 "calculated checksum.")
+        return original(self)
+    S3Response.put_object = put_object
+
+
 def main() -> None:
     from moto.server import main as moto_main
     cheaper_multipart_completion()
+    checked_sha256_uploads()
     with serialized():
         moto_main(sys.argv[1:])
 

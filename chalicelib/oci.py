@@ -41,6 +41,19 @@ MANIFEST_MAX_BYTES = 4 * 1024 * 1024
 # and keep distribution-spec's behaviour (an out-of-order chunk answers 416).
 UPLOAD_CHUNK_HEADER = "Berth-Upload-Chunk"
 CHUNK_AHEAD, CHUNK_JOIN = "ahead", "join"
+# Berth's second extension, for clients that can reach the blob store themselves (`berth proxy`),
+# advertised as `Berth-Upload-Piece: s3` on every upload session answer: a piece of the upload
+# goes straight to S3 instead of through API Gateway and Lambda (no 6 MB limit, no base64).
+#   PATCH <session> with no body and `Berth-Upload-Piece: url; start=S; length=N; sha256=HEX`
+#     answers 202 with `Berth-Piece-Url`: a presigned S3 PUT, valid PIECE_URL_SECONDS, that takes
+#     exactly N bytes sent with `x-amz-checksum-sha256: base64(HEX)` (S3 refuses other bytes);
+#   PATCH <session> with no body and `Berth-Upload-Piece: stored; start=S; length=N; sha256=HEX`
+#     takes the uploaded piece in at offset S (which must be the bytes received so far, or 416):
+#     the registry reads it once, hashes it in order and makes it a part of the upload.
+# Nothing is visible before the commit verified the digest, as for every other chunk.
+UPLOAD_PIECE_HEADER = "Berth-Upload-Piece"
+PIECE_S3, PIECE_URL, PIECE_STORED = "s3", "url", "stored"
+PIECE_URL_HEADER = "Berth-Piece-Url"
 
 
 def is_valid_name(name: str) -> bool:

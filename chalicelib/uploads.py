@@ -17,6 +17,15 @@ after its own bytes and writes both (a part of 8 MiB from two 4 MiB chunks). So 
 one upload run at once on two instances, with the same S3 traffic as a tail: the hash is still
 updated strictly in order, and nothing is visible before the commit verified the digest.
 
+Pieces put in S3 by the client (`Berth-Upload-Piece`, chalicelib/oci.py; what `berth proxy`
+does when S3 is reachable): the bytes never pass through API Gateway or Lambda. piece_url() signs
+a PUT of exactly that piece (length and SHA-256 are signed headers, so S3 refuses other bytes)
+at `uploads/<id>/piece-<start>-<length>-<sha256>`; take_piece() then reads it once, in order,
+under the writer lease, continues the hash, checks the piece's own SHA-256 (defence in depth:
+a store that did not check the checksum), and has S3 copy it into the next part (UploadPartCopy,
+only if its ETag is still the one read: what was hashed is what is copied). A piece under 5 MiB
+becomes the tail as it is; after a tail, the piece's bytes are written with it as a chunk's.
+
 Commit cost does not grow with the blob: the digest is checked against the saved hash state, and
 the multipart upload is assembled at blobstore.assembled_key(upload id), which becomes the blob's
 object (BlobItem.key): no copy, no read-back. Only what cannot take that path pays more: a tail
@@ -29,6 +38,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
@@ -42,6 +52,11 @@ from chalicelib.storage.models import UPLOADS_PK, UploadItem
 PART_MIN = 5 * 1024 * 1024   # S3's minimum size of every part but the last
 # How far past the bytes received a chunk sent ahead may start: two chunks of a Lambda-sized body.
 AHEAD_WINDOW = 16 * 1024 * 1024
+# Pieces put in S3 by the client (`Berth-Upload-Piece`): taking one in reads it once, so its size
+# bounds a request's time (64 MiB: about a second from S3 in the region); several may be in flight.
+PIECE_MAX = 64 * 1024 * 1024
+PIECE_WINDOW = 4 * PIECE_MAX
+PIECE_URL_SECONDS = 900
 # How long a request may hold a session while it writes a chunk: longer than the API function's
 # timeout (120 s), so a lease outlives its writer only when the writer died.
 WRITER_LEASE_SECONDS = 130
@@ -278,6 +293,14 @@ def _write_held(session: UploadItem, token: str, data: bytes, join: bool = False
     pending = pieces[0] if len(pieces) == 1 else b"".join(pieces)
     del ahead, pieces                  # only `pending` from here on: a Lambda's memory is small
     old_tail = session.tail_key
+    _store_pending(session, pending)
+    return _save_written(session, token, old_offset, received, hasher, old_tail,
+                         [ahead_key] if ahead_key else [])
+
+
+def _store_pending(session: UploadItem, pending: bytes) -> None:
+    """Bytes not in a part yet (the old tail's and the new ones): a part if there are enough,
+    else the session's new tail object."""
     if len(pending) >= PART_MIN:
         _write_part(session, pending)
         session.tail_key, session.tail_size = None, 0
@@ -285,6 +308,14 @@ def _write_held(session: UploadItem, token: str, data: bytes, join: bool = False
         session.tail_key = _staging_key(session, f"tail-{uuid.uuid4().hex}")
         blobstore.put_object(session.tail_key, pending)
         session.tail_size = len(pending)
+
+
+def _save_written(session: UploadItem, token: str, old_offset: int, received: int,
+                  hasher: Optional[resumable_hash.ResumableSha256], old_tail: Optional[str],
+                  taken: list[str]) -> UploadItem:
+    """Record `received` more bytes and give the lease back, if the lease `token` is still
+    ours; then delete what the session no longer needs (the old tail, the staged objects
+    `taken` in). A lost lease undoes a tail written for nothing and answers 416."""
     session.offset = old_offset + received
     session.updated = time.time()
     session.hash_state = hasher.state() if hasher is not None else None
@@ -294,26 +325,119 @@ def _write_held(session: UploadItem, token: str, data: bytes, join: bool = False
     except PutError as exc:
         if not is_condition_failure(exc):
             raise
-        if session.tail_key and session.tail_key != old_tail:
+        if session.tail_key and session.tail_key != old_tail and session.tail_key not in taken:
             blobstore.delete_object(session.tail_key)
         raise _lost_race(session) from None   # our lease expired and another request went on
-    if old_tail:
-        blobstore.delete_object(old_tail)
-    if ahead_key is not None:
-        blobstore.delete_object(ahead_key)
+    for key in [old_tail] + taken:
+        if key and key != session.tail_key:
+            blobstore.delete_object(key)
     return session
 
 
 _write_chunk = _expires_cleanly(_holding(_write_held))
 
 
-def _write_part(session: UploadItem, data: bytes) -> None:
+def _next_part(session: UploadItem) -> tuple[str, int]:
+    """(the assembled key, the next part's number), starting the multipart upload if needed."""
     key = blobstore.assembled_key(session.sk)
     if session.mpu_id is None:
         session.mpu_id = blobstore.create_multipart(key)
-    number = len(session.parts) + 1
+    return key, len(session.parts) + 1
+
+
+def _write_part(session: UploadItem, data: bytes) -> None:
+    key, number = _next_part(session)
     etag = blobstore.upload_part(key, session.mpu_id, number, data)
     session.parts = list(session.parts) + [[number, etag, len(data)]]
+
+
+# ---------------------------------------------------------------- pieces sent straight to S3
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of an upload that the client puts in S3 itself (`Berth-Upload-Piece`, oci.py)."""
+    start: int
+    length: int
+    sha256: str        # hex, of the piece's bytes
+
+
+def piece_url(session: UploadItem, piece: Piece) -> str:
+    """The presigned PUT for `piece`: it may start up to PIECE_WINDOW after the bytes received
+    (so several pieces of one upload travel at once) and hold up to PIECE_MAX bytes (so that
+    taking it in stays far inside a Lambda's time); S3 takes only those bytes for that key."""
+    if not 0 < piece.length <= PIECE_MAX:
+        raise RegistryError("SIZE_INVALID", f"a piece holds 1 to {PIECE_MAX} bytes, not "
+                                            f"{piece.length}")
+    if not session.offset <= piece.start <= session.offset + PIECE_WINDOW:
+        raise _range_error(session, f"a piece must start within {PIECE_WINDOW} bytes after the "
+                                    f"{session.offset} bytes received, not at {piece.start}")
+    return blobstore.presigned_put_url(_piece_key(session, piece), piece.length, piece.sha256,
+                                       PIECE_URL_SECONDS)
+
+
+def _piece_key(session: UploadItem, piece: Piece) -> str:
+    # Every URL for this key signs the same length and checksum: its content cannot change.
+    return _staging_key(session, f"piece-{piece.start}-{piece.length}-{piece.sha256}")
+
+
+def take_piece(repo: str, upload_id: str, piece: Piece) -> UploadItem:
+    """Take in a piece the client put at its URL; it must start at the bytes received so far."""
+    session, token = _load_held(repo, upload_id, piece.start)
+    return _while_holding(session, token, _expires_cleanly(_take_piece_held), piece)
+
+
+def _take_piece_held(session: UploadItem, token: str, piece: Piece) -> UploadItem:
+    """Read the piece once, hashing it in order (and checking it is the piece announced):
+    with no tail pending, S3 copies it into the next part (or it becomes the tail itself);
+    after a tail, its bytes are written with the tail's as any chunk's."""
+    key, old_offset, old_tail = _piece_key(session, piece), session.offset, session.tail_key
+    hasher, check = _resume_hash(session), oci.new_hasher("sha256")
+    kept: Optional[list[bytes]] = [] if old_tail else None   # bytes needed only to join a tail
+    data, etag, size = _open_piece(key, piece)
+    for chunk in data:
+        check.update(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
+        if kept is not None:
+            kept.append(chunk)
+    if check.hexdigest() != piece.sha256:
+        blobstore.delete_object(key)
+        raise RegistryError("DIGEST_INVALID", f"the piece at {piece.start} does not hash to the "
+                                              f"sha256 announced for it; send it again")
+    if kept is not None:
+        _store_pending(session, blobstore.get_object(old_tail) + b"".join(kept))
+    elif size >= PART_MIN:
+        _copy_part(session, key, etag, size)
+        session.tail_key, session.tail_size = None, 0
+    else:
+        session.tail_key, session.tail_size = key, size   # the piece itself is the tail
+    return _save_written(session, token, old_offset, size, hasher, old_tail, [key])
+
+
+def _open_piece(key: str, piece: Piece):
+    """The piece's object: 400 if it was never put (or not whole), not an expired session."""
+    from botocore.exceptions import ClientError
+    try:
+        data, etag, size = blobstore.open_object(key)
+    except ClientError as exc:
+        if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") != "NoSuchKey":
+            raise
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"no piece was put at the URL for the piece "
+                                                   f"at {piece.start}; put it first") from None
+    if size != piece.length:
+        data.close()
+        blobstore.delete_object(key)
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"the piece at {piece.start} holds {size} "
+                                                   f"bytes, not {piece.length}")
+    return data, etag, size
+
+
+def _copy_part(session: UploadItem, source: str, etag: str, size: int) -> None:
+    """The next part, copied by S3 from `source` as it was when read (its ETag)."""
+    key, number = _next_part(session)
+    part_etag = blobstore.upload_part_copy(key, session.mpu_id, number, source, if_match=etag)
+    session.parts = list(session.parts) + [[number, part_etag, size]]
 
 
 # ---------------------------------------------------------------- commit

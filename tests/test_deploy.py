@@ -176,6 +176,8 @@ def test_template_resources(stage, packaged, monkeypatch):
     assert {"Id": "abort-incomplete-multipart-uploads", "Status": "Enabled",
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}} in \
         b["LifecycleConfiguration"]["Rules"]
+    assert {"Id": "expire-upload-staging", "Status": "Enabled", "Prefix": "uploads/",
+            "ExpirationInDays": 2} in b["LifecycleConfiguration"]["Rules"]
     assert "VersioningConfiguration" not in b
     deny = res["BlobBucketPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert deny == [{"Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*",

@@ -25,7 +25,8 @@ def _created(name: str, digest: str) -> Response:
 def _session_headers(session) -> dict:
     return {"Location": uploads.location(session), "Docker-Upload-UUID": session.sk,
             "Range": uploads.range_header(session.offset),
-            oci.UPLOAD_CHUNK_HEADER: oci.CHUNK_AHEAD}   # chunks may be sent ahead (oci.py)
+            oci.UPLOAD_CHUNK_HEADER: oci.CHUNK_AHEAD,   # chunks may be sent ahead (oci.py)
+            oci.UPLOAD_PIECE_HEADER: oci.PIECE_S3}      # and pieces put in S3 directly
 
 
 def _mount(request: Request, digest: str, source: Optional[str]) -> Optional[Response]:
@@ -77,8 +78,40 @@ def _chunk_start(request: Request, length: int) -> Optional[int]:
     return int(m.group(1))
 
 
+_PIECE = re.compile(r"^\s*(url|stored)\s*;\s*start=(\d{1,15})\s*;\s*length=(\d{1,15})\s*;"
+                    r"\s*sha256=([0-9a-f]{64})\s*$")
+
+
+def _piece(request: Request, raw: str) -> tuple[str, uploads.Piece]:
+    """(url | stored, the piece) from a `Berth-Upload-Piece` request header (oci.py)."""
+    m = _PIECE.match(raw)
+    if m is None or request.body:
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"{oci.UPLOAD_PIECE_HEADER} must be "
+                            "'url|stored; start=N; length=N; sha256=HEX' on a PATCH with no body")
+    return m.group(1), uploads.Piece(int(m.group(2)), int(m.group(3)), m.group(4))
+
+
+def _upload_piece(request: Request, raw: str) -> Response:
+    """A piece's URL, or a piece taken in; a refusal says where the upload stands."""
+    upload_id = request.params["uuid"]
+    try:
+        kind, piece = _piece(request, raw)
+        if kind == oci.PIECE_STORED:
+            return empty(202, _session_headers(uploads.take_piece(request.name, upload_id, piece)))
+        session = uploads.load(request.name, upload_id)
+        url = uploads.piece_url(session, piece)
+        return empty(202, {**_session_headers(session), oci.PIECE_URL_HEADER: url})
+    except RegistryError as error:
+        if error.code != "BLOB_UPLOAD_UNKNOWN" and "Range" not in error.headers:
+            error.headers.update(_session_headers(uploads.load(request.name, upload_id)))
+        raise
+
+
 @route("PATCH", SESSION, "/v2/{name}/blobs/uploads/{uuid}", PUSH)
 def upload_chunk(request: Request) -> Response:
+    piece = request.header(oci.UPLOAD_PIECE_HEADER)
+    if piece is not None:
+        return _upload_piece(request, piece)
     upload_id, body = request.params["uuid"], request.body
     kind = (request.header(oci.UPLOAD_CHUNK_HEADER) or "").strip().lower()
     try:

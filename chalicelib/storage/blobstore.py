@@ -72,6 +72,34 @@ def presigned_get_url(key: str, expires: Optional[int] = None) -> str:
         ExpiresIn=expires or settings().presign_expires)
 
 
+def presigned_put_url(key: str, length: int, sha256_hex: str, expires: int) -> str:
+    """An upload URL for exactly `length` bytes whose SHA-256 is `sha256_hex` at `key`. Both are
+    signed headers (Content-Length, x-amz-checksum-sha256): S3 refuses any other body."""
+    import base64
+    checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+    return client().generate_presigned_url(
+        "put_object", Params={"Bucket": _bucket(), "Key": key, "ContentLength": length,
+                              "ChecksumSHA256": checksum},
+        ExpiresIn=expires)
+
+
+def open_object(key: str) -> Tuple[Iterator[bytes], str, int]:
+    """(its bytes in pieces of READ_CHUNK, its ETag, its size) of one object, read once."""
+    answer = client().get_object(Bucket=_bucket(), Key=key)
+    body = answer["Body"]
+
+    def pieces() -> Iterator[bytes]:
+        try:
+            while True:
+                data = body.read(READ_CHUNK)
+                if not data:
+                    return
+                yield data
+        finally:
+            body.close()
+    return pieces(), answer["ETag"], int(answer["ContentLength"])
+
+
 def put_object(key: str, data: bytes) -> None:
     client().put_object(Bucket=_bucket(), Key=key, Body=data)
 
@@ -80,16 +108,8 @@ def get_object(key: str) -> bytes:
     return client().get_object(Bucket=_bucket(), Key=key)["Body"].read()
 
 
-def iter_object(key: str, chunk: int = READ_CHUNK) -> Iterator[bytes]:
-    body = client().get_object(Bucket=_bucket(), Key=key)["Body"]
-    try:
-        while True:
-            data = body.read(chunk)
-            if not data:
-                return
-            yield data
-    finally:
-        body.close()
+def iter_object(key: str) -> Iterator[bytes]:
+    return open_object(key)[0]
 
 
 def copy_object(source: str, dest: str) -> None:
@@ -139,10 +159,13 @@ def upload_part(key: str, mpu_id: str, number: int, data: bytes) -> str:
                                 Body=data)["ETag"]
 
 
-def upload_part_copy(key: str, mpu_id: str, number: int, source: str) -> str:
+def upload_part_copy(key: str, mpu_id: str, number: int, source: str,
+                     if_match: Optional[str] = None) -> str:
+    """Part `number` copied from object `source` (only if its ETag is still `if_match`)."""
+    extra = {"CopySourceIfMatch": if_match} if if_match else {}
     answer = client().upload_part_copy(Bucket=_bucket(), Key=key, UploadId=mpu_id,
                                        PartNumber=number,
-                                       CopySource={"Bucket": _bucket(), "Key": source})
+                                       CopySource={"Bucket": _bucket(), "Key": source}, **extra)
     return answer["CopyPartResult"]["ETag"]
 
 
