@@ -6,6 +6,9 @@ retry smaller; API Gateway + Lambda refuse request bodies over 6 MB (about 4.4 M
 base64). This proxy runs on the user's machine, is pushed to as `127.0.0.1:5001/<name>` (plain
 HTTP, which docker allows for 127.0.0.0/8), and forwards everything to the real registry:
 
+* to Berth, which offers it (`Berth-Upload-Piece: s3`), a whole-layer upload body goes straight
+  to S3 in pieces of 16 MiB with presigned URLs, each then taken in by the registry
+  (berth_local/s3_pieces.py); where S3 cannot be reached, and to other registries, as follows:
 * a whole-layer upload body is cut into chunked-upload PATCHes (`Content-Range: start-end`) of
   at most `--chunk-size` bytes, read from the client socket piece by piece, each following the
   `Location` of the previous 202. When the registry offers it (Berth's `Berth-Upload-Chunk:
@@ -73,6 +76,8 @@ from typing import Callable, Iterable, Iterator, Optional, TextIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 from berth_local.bodies import PieceReader
+from berth_local.malloc import one_malloc_arena
+from berth_local.s3_pieces import S3Pieces, offers_pieces, piece_header, send_via_s3
 from berth_local.dockercreds import RegistryAuth, ScopedAuth, docker_config_dir, find_credentials, scopes_for
 from berth_local.gateway import split_query
 from berth_local.serve import PLAIN_HTTP_ANSWER_TO_TLS, TLS_HANDSHAKE_RECORD
@@ -610,6 +615,7 @@ class UploadRecord:
     pieces: int = 0
     started: Optional[float] = None
     last: Optional[float] = None
+    to_s3: bool = False                 # the upstream takes pieces put in S3 (s3_pieces.py)
 
 
 class UploadTracker:
@@ -854,9 +860,15 @@ class Proxy:
         # pieces sent ahead, one in flight per pieced upload (the in-order one is the handler's)
         self._ahead_pool = ThreadPoolExecutor(max_workers=AHEAD_WORKERS,
                                               thread_name_prefix="berth-proxy-ahead")
+        # pieces put straight in S3 when the upstream offers it (s3_pieces.py)
+        self.s3 = S3Pieces(require_https=upstream.scheme == "https")
+        self._s3_pool = ThreadPoolExecutor(max_workers=AHEAD_WORKERS,
+                                           thread_name_prefix="berth-proxy-s3")
 
     def close(self) -> None:
         self._ahead_pool.shutdown(wait=False, cancel_futures=True)
+        self._s3_pool.shutdown(wait=False, cancel_futures=True)
+        self.s3.close()
         self.client.pool.close()
         if self.auth is not None:
             self.auth.close()
@@ -934,7 +946,8 @@ class Proxy:
                     path = self.client.to_target(location, request.target).split("?", 1)[0]
                 except UpstreamError:
                     return
-                self.uploads.ensure(path, name, 0)
+                self.uploads.ensure(path, name, 0).to_s3 = offers_pieces(
+                    header(headers, oci.UPLOAD_PIECE_HEADER))
             return
         if not upload_id:
             return
@@ -1006,7 +1019,8 @@ class Proxy:
             return error_answer(502, "UNKNOWN", "berth proxy: the registry did not open an upload "
                                                 "session for a monolithic upload")
         target = self.client.to_target(location, request.path)
-        self.uploads.ensure(target.split("?", 1)[0], name, 0)
+        record = self.uploads.ensure(target.split("?", 1)[0], name, 0)
+        record.to_s3 = offers_pieces(opened.header(oci.UPLOAD_PIECE_HEADER))
         _, target = self._send_pieces(request, target, body, name, 0)
         return self._commit(request, target, digest_items, name)
 
@@ -1057,6 +1071,10 @@ class Proxy:
         sender = _PieceSender(self.client, request, target, offset, record, template, self.progress,
                               self.progress.begin(label, body.length))
         try:
+            if record.to_s3 and self.s3.usable:
+                send_via_s3(self.s3, sender, body, self._s3_pool, self._read_piece,
+                            lambda data: self._send_chunks(sender, data))
+                return self._sent(sender)
             first = self._read_piece(body)
             if first:
                 reply = sender.in_order(first)
@@ -1066,18 +1084,29 @@ class Proxy:
                     self._send_in_order(sender, body)
         finally:
             self.progress.end(sender.token)
+        return self._sent(sender)
+
+    @staticmethod
+    def _sent(sender: "_PieceSender") -> tuple[Reply, str]:
         if sender.last is None:  # cannot happen: only bodies larger than one piece come here
             raise UploadFailed(Reply(400, "Bad Request", [("Content-Type", "application/json")],
                                      oci_error_body("BLOB_UPLOAD_INVALID", "empty upload body")))
         return sender.last, sender.target
 
-    def _read_piece(self, body: ClientBody) -> bytearray:
-        """The next piece of the client's body (shorter than chunk_size only at its end)."""
-        piece = bytearray(self.chunk_size)
+    def _read_piece(self, body: ClientBody, size: Optional[int] = None) -> bytearray:
+        """The next piece of the client's body (shorter than `size`, by default chunk_size,
+        only at its end)."""
+        piece = bytearray(size or self.chunk_size)
         n = body.readinto(memoryview(piece))
         if n < len(piece):
             del piece[n:]
         return piece
+
+    def _send_chunks(self, sender: "_PieceSender", data: bytearray) -> None:
+        """`data` through the registry, in order, in chunks of at most chunk_size."""
+        view = memoryview(data)
+        for i in range(0, len(data), self.chunk_size):
+            sender.in_order(view[i:i + self.chunk_size])
 
     def _send_in_order(self, sender: "_PieceSender", body: ClientBody) -> None:
         while True:
@@ -1103,7 +1132,7 @@ class Proxy:
             try:
                 reply = sender.in_order(a, join=stored)
                 if stored and _range_end(reply.header("range")) == sender.offset + len(b):
-                    sender.taken_in(b)
+                    sender.taken_in(len(b))
                 elif b:
                     sender.in_order(b)
             finally:
@@ -1125,25 +1154,48 @@ class _PieceSender:
                                    ("Content-Length", str(n))]
         return headers + [(oci.UPLOAD_CHUNK_HEADER, kind)] if kind else headers
 
-    def in_order(self, piece: bytearray, join: bool = False) -> Reply:
+    def in_order(self, piece: "bytearray | memoryview", join: bool = False) -> Reply:
         n = len(piece)
         self.record.started = self.record.started or time.monotonic()
         reply = self.client.call("PATCH", self.target,
                                  self._headers(self.offset, n, oci.CHUNK_JOIN if join else None),
                                  piece, auth=self.request.auth)
+        return self._went_in(reply, n)
+
+    def _went_in(self, reply: Reply, n: int) -> Reply:
+        """The upstream's answer to an in-order PATCH of `n` bytes: follow it, or fail."""
         if not reply.ok:
             self.record.offset = None        # unknown now: ask the upstream next time
             raise UploadFailed(reply)
         self.last = reply
-        self.taken_in(piece)
+        self.taken_in(n)
         location = reply.header("location")
         if location:
             self.target = self.client.to_target(location, self.target)
         return reply
 
-    def taken_in(self, piece: bytearray) -> None:
-        """`piece` is part of the upload now (sent in order, or stored ahead and joined)."""
-        n = len(piece)
+    def piece_url(self, start: int, n: int, sha256_hex: str) -> str:
+        """The presigned S3 URL for a piece (s3_pieces.py); UploadFailed if refused."""
+        reply = self.client.call("PATCH", self.target, self._bodyless(
+            piece_header(oci.PIECE_URL, start, n, sha256_hex)), auth=self.request.auth)
+        url = reply.header(oci.PIECE_URL_HEADER)
+        if not reply.ok or not url:
+            raise UploadFailed(reply)
+        return url
+
+    def stored(self, start: int, n: int, sha256_hex: str) -> Reply:
+        """Have the upstream take in the piece put in S3 at `start` (the next in order)."""
+        self.record.started = self.record.started or time.monotonic()
+        reply = self.client.call("PATCH", self.target, self._bodyless(
+            piece_header(oci.PIECE_STORED, start, n, sha256_hex)), auth=self.request.auth)
+        return self._went_in(reply, n)
+
+    def _bodyless(self, piece: tuple[str, str]) -> Headers:
+        return self.template + [("Content-Length", "0"), piece]
+
+    def taken_in(self, n: int) -> None:
+        """`n` more bytes are part of the upload (sent in order, stored ahead and joined, or
+        put in S3 and taken in)."""
         self.offset += n
         self.record.offset = self.offset
         self.record.sent += n
@@ -1431,6 +1483,7 @@ def _credentials_note(proxy: Proxy, upstream: Upstream, config_dir: Path) -> str
 @command("proxy", "push big layers to a registry behind API Gateway/Lambda, in pieces",
          _add_arguments)
 def run(args: argparse.Namespace) -> int:
+    one_malloc_arena()      # pieces of 16 MiB pass between threads (s3_pieces.py)
     try:
         upstream = parse_upstream(args.upstream)
     except ValueError as exc:
