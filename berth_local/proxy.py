@@ -1517,8 +1517,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             shown = "127.0.0.1" if host in ("0.0.0.0", "::") else (f"[{host}]" if ":" in host else host)
             progress.message(f"berth proxy: push to {shown}:{server.port}/<name>:<tag>; forwarding "
-                             f"to {upstream.url} in pieces of at most {human_bytes(args.chunk_size)} "
-                             "(Ctrl-C to stop)")
+                             f"to {upstream.url}, layers straight to S3 where it offers that, "
+                             f"else in chunks of at most {human_bytes(args.chunk_size)} (Ctrl-C to stop)")
             progress.message(f"berth proxy: {_credentials_note(proxy, upstream, config_dir)}")
         server.serve_forever()
     except KeyboardInterrupt:
