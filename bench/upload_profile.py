@@ -63,7 +63,7 @@ def instrument() -> None:
     gateway.encode_event_body = timed("gateway base64 encode", gateway.encode_event_body)
     base64.b64decode = timed("app base64 decode", base64.b64decode)
     tokens.verify = timed("token verify", tokens.verify)
-    resumable_hash.ResumableSha256.update = timed("sha256 update", resumable_hash.ResumableSha256.update)
+    resumable_hash.ResumableHash.update = timed("sha256 update", resumable_hash.ResumableHash.update)
 
 
 def blob_pieces(size: int):

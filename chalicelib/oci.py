@@ -74,15 +74,20 @@ def check_tag(tag: str) -> str:
     return tag
 
 
+def check_algorithm(algorithm: str) -> str:
+    """A supported digest algorithm (e.g. a POST's `digest-algorithm`), or DIGEST_INVALID."""
+    if algorithm not in ALGORITHMS:
+        raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm[:50]}",
+                            detail={"supported": sorted(ALGORITHMS)})
+    return algorithm
+
+
 def parse_digest(digest: str) -> Tuple[str, str]:
     """Split a digest into (algorithm, hex), raising DIGEST_INVALID for anything unsupported."""
     if not isinstance(digest, str) or not DIGEST_RE.match(digest):
         raise RegistryError("DIGEST_INVALID", f"invalid digest: {str(digest)[:200]!r}")
     algorithm, encoded = digest.split(":", 1)
-    length = ALGORITHMS.get(algorithm)
-    if length is None:
-        raise RegistryError("DIGEST_INVALID", f"unsupported digest algorithm: {algorithm}",
-                            detail={"supported": sorted(ALGORITHMS)})
+    length = ALGORITHMS[check_algorithm(algorithm)]
     if len(encoded) != length or not re.fullmatch(r"[a-f0-9]+", encoded):
         raise RegistryError("DIGEST_INVALID", f"invalid {algorithm} digest: {digest[:200]!r}")
     return algorithm, encoded

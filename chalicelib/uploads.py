@@ -3,7 +3,8 @@
 A session may be fed by many requests, each possibly served by a different Lambda instance, so
 everything needed to resume it is in its UploadItem: the offset, the S3 multipart upload and its
 parts, a "tail" object holding bytes not yet in a part (S3 parts other than the last must be at
-least 5 MiB; clients may send chunks of any size), and the running SHA-256 state
+least 5 MiB; clients may send chunks of any size), and the running hash state (SHA-256, or
+SHA-512 for a session started with distribution-spec's `?digest-algorithm=sha512`)
 (chalicelib/resumable_hash.py), so whichever instance gets the next chunk continues the hash.
 
 Concurrency: a request that writes a chunk first takes the session's writer lease (a conditional
@@ -30,8 +31,8 @@ Commit cost does not grow with the blob: the digest is checked against the saved
 the multipart upload is assembled at blobstore.assembled_key(upload id), which becomes the blob's
 object (BlobItem.key): no copy, no read-back. Only what cannot take that path pays more: a tail
 under 5 MiB with no part before it is copied to the content address (bounded), and a session
-without a usable hash state (created before hash states existed, or sha512) is read back from S3
-to be hashed, as before.
+without a usable hash state (created before hash states existed, or committed with another
+algorithm than the one it was started for) is read back from S3 to be hashed, as before.
 """
 from __future__ import annotations
 
@@ -67,14 +68,17 @@ def range_header(offset: int) -> str:
     return f"0-{max(offset - 1, 0)}"
 
 
-def _new_hash_state() -> Optional[bytes]:
-    return resumable_hash.ResumableSha256().state() if resumable_hash.available() else None
+def _new_hash_state(algorithm: str) -> Optional[bytes]:
+    return resumable_hash.ResumableHash(algorithm).state() if resumable_hash.available() else None
 
 
-def start(repo: str) -> UploadItem:
+def start(repo: str, algorithm: str = "sha256") -> UploadItem:
+    """A new session whose running hash is `algorithm`'s: what the commit's digest will use
+    (distribution-spec's `digest-algorithm`; another one at commit costs a read-back)."""
     now = time.time()
     session = UploadItem(UPLOADS_PK, uuid.uuid4().hex, repo=repo, offset=0, parts=[],
-                         tail_size=0, created=now, updated=now, hash_state=_new_hash_state())
+                         tail_size=0, created=now, updated=now,
+                         hash_state=_new_hash_state(algorithm))
     session.save(condition=UploadItem.sk.does_not_exist())
     return session
 
@@ -216,11 +220,11 @@ def _holding(work: Callable[[UploadItem, str], UploadItem]):
 # ---------------------------------------------------------------- chunks
 
 
-def _resume_hash(session: UploadItem) -> Optional[resumable_hash.ResumableSha256]:
+def _resume_hash(session: UploadItem) -> Optional[resumable_hash.ResumableHash]:
     if session.hash_state is None or not resumable_hash.available():
         return None
     try:
-        return resumable_hash.ResumableSha256.resume(session.hash_state, int(session.offset))
+        return resumable_hash.ResumableHash.resume(session.hash_state, int(session.offset))
     except resumable_hash.InvalidState:
         return None   # the commit reads the blob back instead
 
@@ -311,7 +315,7 @@ def _store_pending(session: UploadItem, pending: bytes) -> None:
 
 
 def _save_written(session: UploadItem, token: str, old_offset: int, received: int,
-                  hasher: Optional[resumable_hash.ResumableSha256], old_tail: Optional[str],
+                  hasher: Optional[resumable_hash.ResumableHash], old_tail: Optional[str],
                   taken: list[str]) -> UploadItem:
     """Record `received` more bytes and give the lease back, if the lease `token` is still
     ours; then delete what the session no longer needs (the old tail, the staged objects
@@ -459,8 +463,10 @@ def commit(session: UploadItem, digest: str, final_data: bytes = b"",
 @_holding
 def _commit_held(session: UploadItem, token: str, digest: str) -> None:
     algorithm, _ = oci.parse_digest(digest)
-    hasher = _resume_hash(session) if algorithm == "sha256" else None
-    if hasher is not None and f"sha256:{hasher.hexdigest()}" != digest:
+    hasher = _resume_hash(session)
+    if hasher is not None and hasher.algorithm != algorithm:
+        hasher = None                       # started for another algorithm: read back instead
+    if hasher is not None and f"{algorithm}:{hasher.hexdigest()}" != digest:
         _reject(session, digest)
     if session.mpu_id is None:
         write = _tail_writer(session, digest, verified=hasher is not None)

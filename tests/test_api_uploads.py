@@ -157,6 +157,46 @@ def test_sha512_digests_are_supported(registry):
     assert pull(registry, "up/sha512", digest) == data
 
 
+def test_an_upload_announced_as_sha512_is_committed_without_reading_back(fleet_registry, fleet):
+    """distribution-spec's `?digest-algorithm=sha512` on the POST: the session keeps a SHA-512
+    state from the first chunk (on any instance), so its commit is as cheap as a SHA-256 one."""
+    data = os.urandom(13 * MiB + 5)
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    r = http.post(f"{fleet_registry}/v2/up/sha512-announced/blobs/uploads/",
+                  params={"digest-algorithm": "sha512"})
+    assert r.status_code == 202, r.text
+    url = absolute(fleet_registry, r.headers["Location"])
+    for i in range(0, len(data), 4 * MiB):
+        r = http.patch(url, data=data[i:i + 4 * MiB], headers={"Content-Type": "application/octet-stream"})
+        assert r.status_code == 202, r.text
+    fleet.aws_calls()
+    assert http.put(url, params={"digest": "sha512:" + "0" * 128}).status_code == 400
+    s3 = {k: n for k, n in fleet.aws_calls().items() if k[0] == "s3"}
+    assert not [k for k in s3 if k[1] in ("GetObject", "CopyObject")], s3   # refused from the state
+    # the same bytes again, committed: nothing read back either
+    url = absolute(fleet_registry, http.post(f"{fleet_registry}/v2/up/sha512-announced/blobs/uploads/",
+                                             params={"digest-algorithm": "sha512"}).headers["Location"])
+    for i in range(0, len(data), 4 * MiB):
+        http.patch(url, data=data[i:i + 4 * MiB], headers={"Content-Type": "application/octet-stream"})
+    fleet.aws_calls()
+    assert http.put(url, params={"digest": digest}).status_code == 201
+    s3 = {k: n for k, n in fleet.aws_calls().items() if k[0] == "s3"}
+    assert not [k for k in s3 if k[1] in ("GetObject", "CopyObject")], s3
+    assert pull(fleet_registry, "up/sha512-announced", digest) == data
+    # an algorithm Berth does not know is refused at the POST
+    r = http.post(f"{fleet_registry}/v2/up/sha512-announced/blobs/uploads/", params={"digest-algorithm": "md5"})
+    assert r.status_code == 400 and error_code(r) == "DIGEST_INVALID"
+
+
+def test_a_commit_with_another_algorithm_than_announced_is_verified_by_reading_back(registry):
+    data = os.urandom(6 * MiB)
+    r = http.post(f"{registry}/v2/up/sha512-other/blobs/uploads/", params={"digest-algorithm": "sha512"})
+    url = absolute(registry, r.headers["Location"])
+    r = http.patch(url, data=data, headers={"Content-Type": "application/octet-stream"})
+    assert http.put(absolute(registry, r.headers["Location"]), params={"digest": sha256(data)}).status_code == 201
+    assert pull(registry, "up/sha512-other", sha256(data)) == data
+
+
 @pytest.mark.parametrize("forget_hash", [False, True])
 def test_digest_mismatch_leaves_nothing_visible(registry, forget_hash):
     from tests.support.registry_api import forget_hash_state

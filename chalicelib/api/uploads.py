@@ -56,7 +56,8 @@ def start_upload(request: Request) -> Response:
         oci.check_digest(digest)
         uploads.store_blob(request.name, digest, request.body)
         return _created(request.name, digest)
-    session = uploads.start(request.name)
+    algorithm = oci.check_algorithm(request.arg("digest-algorithm") or "sha256")
+    session = uploads.start(request.name, algorithm)
     return empty(202, _session_headers(session))
 
 

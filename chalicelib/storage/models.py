@@ -196,7 +196,7 @@ class UploadItem(_Base):
     tail_size = NumberAttribute(default=0)
     created = NumberAttribute()
     updated = NumberAttribute()
-    # The SHA-256 of the `offset` bytes so far (chalicelib/resumable_hash.py), so whichever
+    # The SHA-256 (or SHA-512) state of the `offset` bytes so far (chalicelib/resumable_hash.py), so whichever
     # instance gets the next chunk continues it; absent: the commit reads the blob back.
     hash_state = BinaryAttribute(null=True, legacy_encoding=False)
     # A chunk being written: the request holding the session, and until when (a lease), so that
