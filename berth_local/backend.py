@@ -69,20 +69,20 @@ _SERIALIZED = None     # the serialized() context start_moto_thread entered for 
 
 
 def start_moto_thread(host: str = "127.0.0.1"):
-    """Start moto in this process (fast; for tests), with DynamoDB requests serialized and
-    checksummed PutObjects checked for the rest of the process (see start_moto_process).
-    Returns (endpoint, server)."""
+    """Start moto in this process (fast; for tests), with DynamoDB requests serialized and S3's
+    checksum and copy-source ETag checks (berth_local/moto_server.py) for the rest of the
+    process (see start_moto_process). Returns (endpoint, server)."""
     from moto.server import ThreadedMotoServer
 
     from berth_local.moto_dynamodb import serialized
-    from berth_local.moto_server import checked_sha256_uploads
+    from berth_local.moto_server import s3_checks
     # Keep the context manager: dropped, it is garbage-collected at once, its generator is
     # closed, and the `finally` in serialized() takes the patches out again.
     global _SERIALIZED
     if _SERIALIZED is None:
         _SERIALIZED = serialized()
         _SERIALIZED.__enter__()
-        checked_sha256_uploads()     # S3's refusal of a body that does not match its checksum
+        s3_checks()     # S3's checksum and copy-source ETag checks, which moto lacks
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address=host, port=0, verbose=False)
     server.start()

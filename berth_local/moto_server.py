@@ -12,11 +12,15 @@ put_object, and writes the parts' bytes into the object one part at a time. What
 (answers, errors, the object's bytes and ETag) is unchanged; only the time and memory are not.
 Uploads that asked for a checksum algorithm keep moto's own code.
 
-And a PutObject that carries `x-amz-checksum-sha256` is refused (400 BadDigest) when its body
-does not hash to it, as S3 does (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
-checking-object-integrity.html); moto 5.2.5 stores the claim unchecked unless
-`x-amz-sdk-checksum-algorithm` comes with it, which a presigned upload (`berth proxy`'s pieces,
-chalicelib/uploads.py) does not send.
+And two checks S3 makes that moto 5.2.5 does not, both relied on by the pieces `berth proxy`
+puts in S3 (chalicelib/uploads.py):
+- a PutObject that carries `x-amz-checksum-sha256` is refused (400 BadDigest) when its body does
+  not hash to it (https://docs.aws.amazon.com/AmazonS3/latest/userguide/checking-object-integrity.html);
+  moto stores the claim unchecked unless `x-amz-sdk-checksum-algorithm` comes with it, which a
+  presigned upload does not send;
+- an UploadPartCopy with `x-amz-copy-source-if-match` is refused (412 PreconditionFailed) when
+  the source's ETag is another (https://docs.aws.amazon.com/AmazonS3/latest/API/API_UploadPartCopy.html);
+  moto ignores the header.
 
 usage: python -m berth_local.moto_server -H 127.0.0.1 -p PORT
 """
@@ -24,6 +28,7 @@ import base64
 import hashlib
 import sys
 from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
 
 from berth_local.moto_dynamodb import serialized
 
@@ -79,27 +84,38 @@ def cheaper_multipart_completion() -> None:
     S3Backend.complete_multipart_upload = complete_multipart_upload
 
 
-def checked_sha256_uploads() -> None:
-    """Install the PutObject checksum check described above (this process only)."""
-    from moto.s3.exceptions import S3ClientError
+def s3_checks() -> None:
+    """Install the two checks described above (this process only)."""
+    from moto.s3.exceptions import PreconditionFailed, S3ClientError
     from moto.s3.responses import S3Response
-    original = S3Response.put_object
+    put_object, upload_part_copy = S3Response.put_object, S3Response.upload_part_copy
 
-    def put_object(self):
+    def checked_put_object(self):
         claimed = self.headers.get("x-amz-checksum-sha256")
         if claimed is not None:
             actual = base64.b64encode(hashlib.sha256(self.body or b"").digest()).decode()
             if actual != claimed:
                 raise S3ClientError("BadDigest", "The SHA256 you specified did not match the "
                                                  "calculated checksum.")
-        return original(self)
-    S3Response.put_object = put_object
+        return put_object(self)
+
+    def checked_upload_part_copy(self):
+        wanted = self.headers.get("x-amz-copy-source-if-match")
+        if wanted is not None:
+            source = unquote(urlparse(self.headers.get("x-amz-copy-source") or "").path).lstrip("/")
+            bucket, _, key = source.partition("/")
+            found = self.backend.get_object(bucket, key)
+            if found is not None and found.etag.strip('"') != wanted.strip('"'):
+                raise PreconditionFailed(failed_condition="x-amz-copy-source-If-Match")
+        return upload_part_copy(self)
+    S3Response.put_object = checked_put_object
+    S3Response.upload_part_copy = checked_upload_part_copy
 
 
 def main() -> None:
     from moto.server import main as moto_main
     cheaper_multipart_completion()
-    checked_sha256_uploads()
+    s3_checks()
     with serialized():
         moto_main(sys.argv[1:])
 

@@ -122,11 +122,15 @@ def _staging_key(session: UploadItem, what: str) -> str:
     return blobstore.upload_prefix(session.sk) + what
 
 
+def _s3_code(exc: Exception) -> Optional[str]:
+    """The S3 error code of a botocore ClientError (NoSuchKey, PreconditionFailed ...)."""
+    return (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+
+
 def _staging_gone(exc: Exception) -> bool:
     """S3 no longer has the session's multipart upload or tail: aborted by the bucket's
     lifecycle rule or by garbage collection of an abandoned session."""
-    error = getattr(exc, "response", None) or {}
-    return error.get("Error", {}).get("Code") in ("NoSuchUpload", "NoSuchKey")
+    return _s3_code(exc) in ("NoSuchUpload", "NoSuchKey")
 
 
 def _expires_cleanly(operation):
@@ -276,7 +280,7 @@ def _take_ahead(session: UploadItem, start_offset: int) -> Optional[tuple[str, b
     try:
         return key, blobstore.get_object(key)
     except ClientError as exc:
-        if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") == "NoSuchKey":
+        if _s3_code(exc) == "NoSuchKey":
             return None
         raise
 
@@ -410,7 +414,10 @@ def _take_piece_held(session: UploadItem, token: str, piece: Piece) -> UploadIte
         raise RegistryError("DIGEST_INVALID", f"the piece at {piece.start} does not hash to the "
                                               f"sha256 announced for it; send it again")
     if kept is not None:
-        _store_pending(session, blobstore.get_object(old_tail) + b"".join(kept))
+        kept.insert(0, blobstore.get_object(old_tail))
+        pending = b"".join(kept)
+        del kept                       # one copy of the bytes from here on
+        _store_pending(session, pending)
     elif size >= PART_MIN:
         _copy_part(session, key, etag, size)
         session.tail_key, session.tail_size = None, 0
@@ -425,7 +432,7 @@ def _open_piece(key: str, piece: Piece):
     try:
         data, etag, size = blobstore.open_object(key)
     except ClientError as exc:
-        if (getattr(exc, "response", None) or {}).get("Error", {}).get("Code") != "NoSuchKey":
+        if _s3_code(exc) != "NoSuchKey":
             raise
         raise RegistryError("BLOB_UPLOAD_INVALID", f"no piece was put at the URL for the piece "
                                                    f"at {piece.start}; put it first") from None
@@ -438,9 +445,17 @@ def _open_piece(key: str, piece: Piece):
 
 
 def _copy_part(session: UploadItem, source: str, etag: str, size: int) -> None:
-    """The next part, copied by S3 from `source` as it was when read (its ETag)."""
+    """The next part, copied by S3 from `source` as it was when read (its ETag); a piece
+    that changed since is the client's 400, not a server error."""
+    from botocore.exceptions import ClientError
     key, number = _next_part(session)
-    part_etag = blobstore.upload_part_copy(key, session.mpu_id, number, source, if_match=etag)
+    try:
+        part_etag = blobstore.upload_part_copy(key, session.mpu_id, number, source, if_match=etag)
+    except ClientError as exc:
+        if _s3_code(exc) != "PreconditionFailed":
+            raise
+        raise RegistryError("BLOB_UPLOAD_INVALID", "the piece changed while it was taken in; "
+                                                   "put it again") from None
     session.parts = list(session.parts) + [[number, part_etag, size]]
 
 
@@ -533,7 +548,7 @@ def _complete(session: UploadItem) -> str:
     except ClientError as exc:
         if _staging_gone(exc):
             raise
-        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code", "error")
+        code = _s3_code(exc) or "error"
         finish(session)
         raise RegistryError("BLOB_UPLOAD_INVALID", f"the upload's parts could not be assembled "
                             f"({code}); start the upload again") from None

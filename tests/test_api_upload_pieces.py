@@ -167,3 +167,30 @@ def test_a_commit_after_pieces_reads_nothing_back(fleet_registry, fleet):
     s3 = {k: n for k, n in fleet.aws_calls().items() if k[0] == "s3"}
     assert not [k for k in s3 if k[1] in ("GetObject", "CopyObject")], s3
     assert pull(fleet_registry, "up/pieces-fleet", sha256(data)) == data
+
+
+def test_a_piece_that_changes_between_its_read_and_its_copy_is_refused(in_process_registry, monkeypatch):
+    """S3 copies the piece only if it is still what was read and hashed (CopySourceIfMatch):
+    bytes written in between (which S3's signed checksum already prevents) never enter the blob."""
+    from chalicelib.storage import blobstore
+    original = blobstore.open_object
+
+    def overwritten_after_the_read(key):
+        data, etag, size = original(key)
+
+        def chunks():
+            yield from data
+            blobstore.put_object(key, os.urandom(size))
+        return chunks(), etag, size
+    monkeypatch.setattr(blobstore, "open_object", overwritten_after_the_read)
+    piece = os.urandom(6 * MiB)
+    url = start(in_process_registry, "up/pieces-changed")
+    assert put_piece(piece_url(url, 0, piece), piece).status_code == 200
+    r = stored(url, 0, piece)
+    assert r.status_code == 400 and error_code(r) == "BLOB_UPLOAD_INVALID", r.text
+    assert r.headers["Range"] == "0-0"
+    monkeypatch.setattr(blobstore, "open_object", original)
+    assert put_piece(piece_url(url, 0, piece), piece).status_code == 200
+    assert stored(url, 0, piece).status_code == 202
+    assert http.put(url, params={"digest": sha256(piece)}).status_code == 201
+    assert pull(in_process_registry, "up/pieces-changed", sha256(piece)) == piece

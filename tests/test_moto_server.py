@@ -65,3 +65,35 @@ def test_completion_errors_are_moto_s3s(s3, case, code):
         s3.complete_multipart_upload(Bucket="berth-moto-test", Key="e", UploadId=mpu, MultipartUpload={"Parts": done})
     assert refused.value.response["Error"]["Code"] == code
     s3.abort_multipart_upload(Bucket="berth-moto-test", Key="e", UploadId=mpu)
+
+
+def test_a_put_whose_body_does_not_match_its_sha256_checksum_is_refused_as_s3_does(s3):
+    """berth proxy's pieces are presigned with their SHA-256: S3 refuses other bytes (BadDigest)."""
+    import base64
+    import requests
+    body = os.urandom(1000)
+    claimed = base64.b64encode(hashlib.sha256(b"other bytes").digest()).decode()
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": "berth-moto-test", "Key": "sum",
+                                                          "ChecksumSHA256": claimed})
+    refused = requests.put(url, data=body, headers={"x-amz-checksum-sha256": claimed})
+    assert refused.status_code == 400 and "<Code>BadDigest</Code>" in refused.text
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket="berth-moto-test", Key="sum")
+    right = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    url = s3.generate_presigned_url("put_object", Params={"Bucket": "berth-moto-test", "Key": "sum",
+                                                          "ChecksumSHA256": right})
+    assert requests.put(url, data=body, headers={"x-amz-checksum-sha256": right}).status_code == 200
+    assert s3.get_object(Bucket="berth-moto-test", Key="sum")["Body"].read() == body
+
+
+def test_a_part_copy_whose_source_changed_is_refused_as_s3_does(s3):
+    s3.put_object(Bucket="berth-moto-test", Key="src", Body=os.urandom(5 * MiB))
+    etag = s3.head_object(Bucket="berth-moto-test", Key="src")["ETag"]
+    mpu = s3.create_multipart_upload(Bucket="berth-moto-test", Key="dst")["UploadId"]
+    copy = dict(Bucket="berth-moto-test", Key="dst", UploadId=mpu, PartNumber=1,
+                CopySource={"Bucket": "berth-moto-test", "Key": "src"})
+    assert s3.upload_part_copy(CopySourceIfMatch=etag, **copy)["CopyPartResult"]["ETag"]
+    s3.put_object(Bucket="berth-moto-test", Key="src", Body=os.urandom(5 * MiB))
+    with pytest.raises(ClientError) as refused:
+        s3.upload_part_copy(CopySourceIfMatch=etag, **copy)
+    assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
