@@ -11,6 +11,8 @@ import pytest
 import requests
 
 from tests.support.registry_api import absolute, error_code, http, sha256
+from tests.support.registry_api import pull_blob as pull
+from tests.support.registry_api import start_upload as start
 
 MiB = 1024 * 1024
 
@@ -19,12 +21,6 @@ MiB = 1024 * 1024
 def registry(any_registry):
     """On one Lambda instance and on a fleet of three (BERTH_INSTANCES=3)."""
     return any_registry
-
-
-def start(base: str, repo: str) -> str:
-    r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
-    assert r.status_code == 202 and r.headers["Berth-Upload-Piece"] == "s3"
-    return absolute(base, r.headers["Location"])
 
 
 def piece_header(kind: str, start: int, data: bytes) -> dict:
@@ -48,17 +44,12 @@ def stored(url: str, start: int, data: bytes) -> requests.Response:
     return http.patch(url, headers=piece_header("stored", start, data))
 
 
-def pull(base: str, repo: str, digest: str) -> bytes:
-    r = http.get(f"{base}/v2/{repo}/blobs/{digest}", allow_redirects=False)
-    assert r.status_code == 307, r.text
-    return http.get(r.headers["Location"]).content
-
-
 def test_pieces_put_in_s3_become_the_blob_and_are_verified(registry):
     """Three pieces, the later ones put before the first is taken in (as the proxy does); each
     is taken in order; the blob is the bytes sent and the digest still covers all of them."""
     pieces = [os.urandom(6 * MiB), os.urandom(5 * MiB + 7), os.urandom(1 * MiB)]
     url = start(registry, "up/pieces")
+    assert http.get(url).headers["Berth-Upload-Piece"] == "s3"        # offered on every session
     starts = [0, len(pieces[0]), len(pieces[0]) + len(pieces[1])]
     urls = [piece_url(url, s, p) for s, p in zip(starts, pieces)]
     assert all(urlsplit(u).netloc != urlsplit(registry).netloc for u in urls)   # S3, not Berth

@@ -8,6 +8,8 @@ import pytest
 
 
 from tests.support.registry_api import absolute, error_code, http, push_blob, sha256
+from tests.support.registry_api import pull_blob as pull
+from tests.support.registry_api import start_upload as start
 
 MiB = 1024 * 1024
 
@@ -16,21 +18,6 @@ MiB = 1024 * 1024
 def registry(any_registry):
     """Every upload test runs on one Lambda instance and on a fleet of three (BERTH_INSTANCES=3)."""
     return any_registry
-
-
-def start(base: str, repo: str) -> str:
-    r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
-    assert r.status_code == 202
-    assert r.headers["Range"] == "0-0"
-    assert r.headers["Docker-Upload-UUID"] in r.headers["Location"]
-    return absolute(base, r.headers["Location"])
-
-
-def pull(base: str, repo: str, digest: str) -> bytes:
-    r = http.get(f"{base}/v2/{repo}/blobs/{digest}", allow_redirects=False)
-    assert r.status_code == 307, r.text
-    assert r.headers["Docker-Content-Digest"] == digest
-    return http.get(r.headers["Location"]).content
 
 
 def test_base_endpoint_announces_the_api_version(registry):

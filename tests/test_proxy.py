@@ -965,7 +965,7 @@ def test_progress_bars_on_a_terminal(tmp_path):
 
 
 def test_berth_behind_a_lambda_limit_takes_a_big_blob_through_the_proxy(lambda_registry):
-    from tests.support.registry_api import RegistryClient, error_code
+    from tests.support.registry_api import RegistryClient, error_code, push_in_one_patch
     client = RegistryClient()
     data = pseudo_random(13 * MiB + 17, seed=13)
     direct = client.post(f"{lambda_registry}/v2/proxy/unit/blobs/uploads/?digest={sha256(data)}", data=data)
@@ -973,12 +973,7 @@ def test_berth_behind_a_lambda_limit_takes_a_big_blob_through_the_proxy(lambda_r
     server, port = start_proxy(lambda_registry)
     base = f"http://127.0.0.1:{port}"
     try:
-        location = client.post(f"{base}/v2/proxy/unit/blobs/uploads/").headers["Location"]
-        patched = client.patch(base + location, data=iter([data[:5 * MiB], data[5 * MiB:]]))
-        assert patched.status_code == 202, patched.text
-        assert patched.headers["Range"] == f"0-{len(data) - 1}"
-        done = client.put(f"{base}{patched.headers['Location']}?digest={sha256(data)}")
-        assert done.status_code == 201, done.text
+        push_in_one_patch(base, "proxy/unit", data, client)
         mono = client.post(f"{base}/v2/proxy/mono/blobs/uploads/?digest={sha256(data)}", data=data)
         assert mono.status_code == 201, mono.text
         head = client.head(f"{base}/v2/proxy/mono/blobs/{sha256(data)}")

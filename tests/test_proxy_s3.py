@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from berth_local.proxy import start_proxy
-from tests.support.registry_api import RegistryClient
+from tests.support.registry_api import RegistryClient, push_in_one_patch
 
 MiB = 1 << 20
 
@@ -22,12 +22,7 @@ def sha256(data: bytes) -> str:
 
 def push_through(base: str, repo: str, data: bytes) -> None:
     client = RegistryClient()
-    location = client.post(f"{base}/v2/{repo}/blobs/uploads/").headers["Location"]
-    patched = client.patch(base + location, data=iter([data[:5 * MiB], data[5 * MiB:]]))
-    assert patched.status_code == 202, patched.text
-    assert patched.headers["Range"] == f"0-{len(data) - 1}"
-    done = client.put(f"{base}{patched.headers['Location']}?digest={sha256(data)}")
-    assert done.status_code == 201, done.text
+    push_in_one_patch(base, repo, data, client)
     got = client.get(f"{base}/v2/{repo}/blobs/{sha256(data)}")
     assert got.status_code == 200 and got.content == data
 

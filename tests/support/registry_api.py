@@ -96,6 +96,34 @@ def push_blob(base: str, repo: str, data: bytes, client: Optional[RegistryClient
     return digest
 
 
+def start_upload(base: str, repo: str) -> str:
+    """POST an upload session; its absolute URL (checked: 202, nothing received yet)."""
+    r = http.post(f"{base}/v2/{repo}/blobs/uploads/")
+    assert r.status_code == 202, r.text
+    assert r.headers["Range"] == "0-0"
+    assert r.headers["Docker-Upload-UUID"] in r.headers["Location"]
+    return absolute(base, r.headers["Location"])
+
+
+def pull_blob(base: str, repo: str, digest: str) -> bytes:
+    """A blob's bytes, through the registry's 307 to S3 (checked)."""
+    r = http.get(f"{base}/v2/{repo}/blobs/{digest}", allow_redirects=False)
+    assert r.status_code == 307, r.text
+    assert r.headers["Docker-Content-Digest"] == digest
+    return http.get(r.headers["Location"]).content
+
+
+def push_in_one_patch(base: str, repo: str, data: bytes, client: RegistryClient) -> None:
+    """POST, one PATCH streaming `data` in two writes (as a client with a whole layer), PUT
+    ?digest=; checks that every byte arrived and the blob was created."""
+    location = client.post(f"{base}/v2/{repo}/blobs/uploads/").headers["Location"]
+    patched = client.patch(absolute(base, location), data=iter([data[:5 << 20], data[5 << 20:]]))
+    assert patched.status_code == 202, patched.text
+    assert patched.headers["Range"] == f"0-{len(data) - 1}"
+    done = client.put(absolute(base, patched.headers["Location"]), params={"digest": sha256(data)})
+    assert done.status_code == 201, done.text
+
+
 def image_manifest(config_digest: str, config_size: int, layers, **extra) -> bytes:
     doc = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
