@@ -681,28 +681,59 @@ def stats() -> dict:
             "upload_sessions": sessions}
 
 
+def _audited_items() -> Iterator[Dict]:
+    """The items audit checks, raw, from one consistent scan: a scan reads (and DynamoDB bills)
+    the whole table whatever its filter, so audit reads it once rather than once per item type."""
+    from pynamodb.pagination import ResultIterator
+    from chalicelib.storage.mirrors import HOLD_PREFIX
+    from chalicelib.storage.models import TableModel
+    pk, sk = TableModel.pk, TableModel.sk
+    wanted = ((sk == BLOB_SK) | sk.startswith(HOLD_PREFIX)
+              | (pk.startswith("blob#") & sk.startswith(BLOB_LINK_PREFIX))
+              | (pk.startswith("repo#") & (sk.startswith("blob#") | sk.startswith("manifest#")
+                                           | sk.startswith("tag#"))))
+    return ResultIterator(TableModel._get_connection().scan, (),
+                          {"filter_condition": wanted, "consistent_read": True})
+
+
+def _items_by_type() -> Dict[str, list]:
+    """The items audit checks, grouped by type (the keys of models.py) from one scan."""
+    from chalicelib.storage.mirrors import HOLD_PREFIX, MirrorHoldItem
+    from chalicelib.storage.models import ManifestItem
+    found: Dict[str, list] = {"blobs": [], "reverse": [], "links": [], "manifests": [],
+                              "tags": [], "holds": []}
+    for raw in _audited_items():
+        pk, sk = raw["pk"]["S"], raw["sk"]["S"]
+        if sk == BLOB_SK:
+            found["blobs"].append(BlobItem.from_raw_data(raw))
+        elif sk.startswith(HOLD_PREFIX):     # a mirror's reference on a blob
+            found["holds"].append(MirrorHoldItem.from_raw_data(raw))
+        elif pk.startswith("blob#") and sk.startswith(BLOB_LINK_PREFIX):
+            found["reverse"].append(BlobLinkItem.from_raw_data(raw))
+        elif pk.startswith("repo#") and sk.startswith("blob#"):
+            found["links"].append(LinkItem.from_raw_data(raw))
+        elif pk.startswith("repo#") and sk.startswith("manifest#"):
+            found["manifests"].append(ManifestItem.from_raw_data(raw))
+        elif pk.startswith("repo#") and sk.startswith("tag#"):
+            found["tags"].append(TagItem.from_raw_data(raw))
+    return found
+
+
 def audit() -> Dict[str, list]:
-    """Check the invariants garbage collection relies on, with full table scans and a bucket
+    """Check the invariants garbage collection relies on, with one full table scan and a bucket
     listing (cost proportional to the registry: for tests and `berth gc --check`). Empty lists
     mean consistent; "unreferenced_blobs" are garbage a sweep will collect after their grace."""
-    from chalicelib.storage.models import ManifestItem
+    from chalicelib.storage.mirrors import HOLD_PREFIX
     objects = set(blobstore.list_keys("blobs/"))
-    blobs = {b.pk[5:]: b for b in BlobItem.scan(BlobItem.sk == BLOB_SK, consistent_read=True)}
-    reverse = {(r.sk[len(BLOB_LINK_PREFIX):], r.pk[5:]) for r in BlobLinkItem.scan(
-        BlobLinkItem.pk.startswith("blob#") & BlobLinkItem.sk.startswith(BLOB_LINK_PREFIX),
-        consistent_read=True)}
-    link_items = {(li.pk[5:], li.sk[5:]): li for li in LinkItem.scan(
-        LinkItem.pk.startswith("repo#") & LinkItem.sk.startswith("blob#"), consistent_read=True)}
+    found = _items_by_type()
+    blobs = {b.pk[5:]: b for b in found["blobs"]}
+    reverse = {(r.sk[len(BLOB_LINK_PREFIX):], r.pk[5:]) for r in found["reverse"]}
+    link_items = {(li.pk[5:], li.sk[5:]): li for li in found["links"]}
     links = set(link_items)
-    manifests = {(m.pk[5:], m.sk[9:]): m for m in ManifestItem.scan(
-        ManifestItem.pk.startswith("repo#") & ManifestItem.sk.startswith("manifest#"),
-        consistent_read=True)}
-    tags = [(t.pk[5:], t.sk[4:], t.digest) for t in TagItem.scan(
-        TagItem.pk.startswith("repo#") & TagItem.sk.startswith("tag#"), consistent_read=True)]
+    manifests = {(m.pk[5:], m.sk[9:]): m for m in found["manifests"]}
+    tags = [(t.pk[5:], t.sk[4:], t.digest) for t in found["tags"]]
     refs: Dict[str, int] = {}
-    from chalicelib.storage.mirrors import HOLD_PREFIX, MirrorHoldItem
-    for hold in MirrorHoldItem.scan(MirrorHoldItem.sk.startswith(HOLD_PREFIX),
-                                    consistent_read=True):   # a mirror's reference on a blob
+    for hold in found["holds"]:
         refs[hold.sk[len(HOLD_PREFIX):]] = refs.get(hold.sk[len(HOLD_PREFIX):], 0) + 1
     parents: Dict[Tuple[str, str], int] = {}
     for (repo, digest), item in manifests.items():

@@ -97,3 +97,46 @@ def test_a_part_copy_whose_source_changed_is_refused_as_s3_does(s3):
     with pytest.raises(ClientError) as refused:
         s3.upload_part_copy(CopySourceIfMatch=etag, **copy)
     assert refused.value.response["Error"]["Code"] == "PreconditionFailed"
+
+
+@pytest.fixture(scope="module")
+def dynamodb(s3):
+    client = boto3.client("dynamodb", endpoint_url=s3.meta.endpoint_url, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_table(TableName="berth-moto-query", BillingMode="PAY_PER_REQUEST",
+                        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                              {"AttributeName": "sk", "AttributeType": "S"}],
+                        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                   {"AttributeName": "sk", "KeyType": "RANGE"}])
+    for pk in ("a", "b", "c"):
+        for n in (3, 1, 4, 0, 2):
+            client.put_item(TableName="berth-moto-query",
+                            Item={"pk": {"S": pk}, "sk": {"S": f"s{n}"}, "v": {"N": str(n)}})
+    return client
+
+
+def query_pages(dynamodb, forward: bool = True, **condition) -> list[list[str]]:
+    pages, start = [], {}
+    while True:
+        page = dynamodb.query(TableName="berth-moto-query", Limit=2, ScanIndexForward=forward,
+                              **condition, **start)
+        pages.append([f"{i['pk']['S']}/{i['sk']['S']}" for i in page["Items"]])
+        if "LastEvaluatedKey" not in page:
+            return pages
+        start = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+
+
+def test_a_query_reads_its_partition_in_key_order_and_pages_as_dynamodb_does(dynamodb):
+    """moto's Query is patched to read only its partition (berth_local/moto_dynamodb.py): the
+    answers stay DynamoDB's: that partition only, sorted by sort key, in pages."""
+    b = {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "b"}}}
+    assert query_pages(dynamodb, **b) == [["b/s0", "b/s1"], ["b/s2", "b/s3"], ["b/s4"]]
+    assert query_pages(dynamodb, forward=False, **b) == [["b/s4", "b/s3"], ["b/s2", "b/s1"],
+                                                         ["b/s0"]]
+    above = {"KeyConditionExpression": "pk = :p AND sk > :s",
+             "ExpressionAttributeValues": {":p": {"S": "c"}, ":s": {"S": "s2"}}}
+    assert query_pages(dynamodb, **above) == [["c/s3", "c/s4"]]
+    none = {"KeyConditionExpression": "pk = :p", "ExpressionAttributeValues": {":p": {"S": "z"}}}
+    assert query_pages(dynamodb, **none) == [[]]
+    scanned = dynamodb.scan(TableName="berth-moto-query")["Items"]
+    assert len(scanned) == 15     # a Scan still reads every partition
