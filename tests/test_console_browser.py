@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from chalicelib.auth import accounts
+from chalicelib.api.manage.repos import SEARCH_QUERIES
 from tests.support.clients import ClientError, layout_digests, skopeo_copy, skopeo_inspect
 from tests.support.images import build_image
 from tests.support.registry_api import RegistryClient, push_image
@@ -356,6 +357,12 @@ def test_console_end_to_end(page, screen, registry, image_cache, tmp_path):
     accounts.create_namespace(their_ns, stranger, public=True)
     shared = f"{their_ns}/toolbox"
     skopeo_copy(other.oci_ref, f"docker://{host}/{shared}:2.0", creds=f"{stranger}:{PASSWORD}")
+    # More private repositories sorting before it than one Explore request reads: the console
+    # must read on rather than say that nothing matches.
+    fillers = "a" + uuid.uuid4().hex[:6]
+    accounts.create_namespace(fillers, stranger)
+    for n in range(SEARCH_QUERIES * 20 + 10):
+        accounts.set_repository_public(f"{fillers}/r{n}", False)
     page.get_by_role("link", name="Explore").click()
     expect(page.get_by_role("heading", name="Explore")).to_be_visible()
     page.get_by_label("Search public images").fill(their_ns)

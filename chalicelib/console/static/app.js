@@ -596,12 +596,35 @@ async function newRepositoryDialog(namespace) {
 }
 
 /* A list's "Load more" (or nothing when the list is complete); load(cursor, append). */
-function moreButton(results, cursor, load) {
+function moreButton(results, cursor, load, label = "Load more") {
   const old = results.querySelector(".more");
   if (old) old.remove();
   if (cursor) {
-    results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(cursor, true); }}, "Load more")));
+    results.append(h("div", {class: "more"}, h("button", {type: "button", class: "btn", onclick: (e) => { e.target.disabled = true; load(cursor, true); }}, label)));
   }
+}
+
+/* A page of a searched list: the server reads a bounded number of repositories per request
+   (chalicelib/api/manage/repos.py, explore.py), so a page may come back empty with a cursor when
+   no name among those read matched. Read on, up to SEARCH_PAGES requests, so that "nothing
+   matches" means nothing matched; past that, the list offers to keep searching. */
+const SEARCH_PAGES = 10;
+async function pageWithRows(path, params, cursor) {
+  let page;
+  for (let i = 0; i < SEARCH_PAGES; i++) {
+    if (cursor) params.set("cursor", cursor);
+    page = await api("GET", path + "?" + params);
+    if (page.repositories.length || !page.next_cursor) return page;
+    cursor = page.next_cursor;
+  }
+  return page;
+}
+
+/* The empty state of a searched list that has not been read to its end yet. */
+function notFoundYet(results, cursor, load) {
+  results.replaceChildren(h("div", {class: "empty"}, h("h3", {}, "No match so far"),
+    h("p", {}, "Only part of the list was searched.")));
+  moreButton(results, cursor, load, "Keep searching");
 }
 
 function searchAsYouType(search, load) {
@@ -709,10 +732,9 @@ async function imagesPage() {
     const mine = ++generation;
     const params = new URLSearchParams({namespace: currentNamespace, limit: "20"});
     if (search.value.trim()) params.set("q", search.value.trim());
-    if (cursor) params.set("cursor", cursor);
     let page;
     try {
-      page = await api("GET", "/repositories?" + params);
+      page = await pageWithRows("/repositories", params, cursor);
     } catch (error) {
       if (!error.handled) results.replaceChildren(failure(error, () => load(cursor, append)));
       return;
@@ -721,7 +743,8 @@ async function imagesPage() {
     if (!append) { selected.clear(); selectionChanged(); }
     const rows = page.repositories.map(row);
     let table = append ? results.querySelector("tbody") : null;
-    if (!append) {
+    if (!table) {
+      if (!rows.length && page.next_cursor) return notFoundYet(results, page.next_cursor, load);
       if (!rows.length) {
         results.replaceChildren(search.value.trim()
           ? h("div", {class: "empty"}, h("h3", {}, "No images match"), h("p", {}, `Nothing in ${currentNamespace} has “${search.value.trim()}” in its name.`))
@@ -780,9 +803,8 @@ async function explorePage() {
     const mine = ++generation;
     const params = new URLSearchParams({limit: "20"});
     if (search.value.trim()) params.set("q", search.value.trim());
-    if (cursor) params.set("cursor", cursor);
     let page;
-    try { page = await api("GET", "/explore?" + params); } catch (error) {
+    try { page = await pageWithRows("/explore", params, cursor); } catch (error) {
       if (!error.handled) results.replaceChildren(failure(error, () => load(cursor, append)));
       return;
     }
@@ -802,7 +824,8 @@ async function explorePage() {
       cell("Last push", {}, timeEl(repo.last_push)),
       h("td", {class: "num cell-actions"}, repo.tag_count ? copyButton(repo.pull_command, "copy-inline", "Copy pull") : null)));
     let body = append ? results.querySelector("tbody") : null;
-    if (!append) {
+    if (!body) {
+      if (!rows.length && page.next_cursor) return notFoundYet(results, page.next_cursor, load);
       if (!rows.length) {
         results.replaceChildren(h("div", {class: "empty"}, h("h3", {}, search.value.trim() ? "No public images match" : "No public images yet"),
           h("p", {}, "Owners make a repository or a whole namespace public; it then appears here.")));
