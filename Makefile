@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make test` runs the test files on this many pytest-xdist workers, a file to a worker (its
+# module fixtures, servers and `make run` processes are set up once); each worker has its own moto.
+# 0 runs them in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench system-deps clean
 
@@ -20,7 +24,7 @@ run: $(STAMP)
 	$(PY) -m berth_local.run
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps
 	bash bench/run.sh

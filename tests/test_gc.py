@@ -12,11 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Dict, List, Set
 
 import pytest
@@ -831,42 +828,3 @@ def test_concurrent_pushes_moves_deletes_and_sweeps(registry, monkeypatch):
     assert not problems["manifest_blobs_not_linked"] or not [
         p for p in problems["manifest_blobs_not_linked"] if p.startswith("gc/stress/")]
     print(counts)
-
-
-# ---------------------------------------------------------------- (g) berth gc / berth stats
-
-def _berth(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("BERTH_") and not k.startswith("AWS_")}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return subprocess.run(["berth", *args], capture_output=True, text=True, env=env, cwd="/",
-                          timeout=120)
-
-
-@pytest.mark.e2e
-def test_berth_gc_and_stats_against_make_run(make_run):
-    url, _ = make_run
-    client = RegistryClient(("runadmin", "run-admin-password"))
-    before = json.loads(_berth("stats", "--json").stdout)
-    image = push(url, "gc/cli", "v1", [os.urandom(5000)], client=client)
-    grown = json.loads(_berth("stats", "--json").stdout)
-    assert grown["blobs"] == before["blobs"] + 2
-    assert grown["bytes"] >= before["bytes"] + 5000 and grown["target"].startswith("local")
-    assert client.delete(f"{url}/v2/gc/cli/manifests/{image['digest']}").status_code == 202
-    dry = _berth("gc", "--dry-run", "--grace", "0", "--json")
-    assert dry.returncode == 0, dry.stderr
-    assert set(image["blobs"]) <= set(json.loads(dry.stdout)["deleted_blobs"])
-    done = _berth("gc", "--json", "--grace", "0")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert set(image["blobs"]) <= set(report["deleted_blobs"])
-    assert report["blobs_deleted"] >= 2 and report["bytes_deleted"] >= 5000
-    assert report["dynamodb_requests"] > 0 and report["s3_requests"] >= 2
-    after = json.loads(_berth("stats", "--json").stdout)
-    assert after["blobs"] == grown["blobs"] - report["blobs_deleted"]
-    text = _berth("gc")
-    assert text.returncode == 0 and "deleted 0 blobs" in text.stdout, text.stdout
-    check = _berth("gc", "--check")
-    assert check.returncode == 0, check.stdout + check.stderr
-    bad = _berth("gc", "--grace", "soon")
-    assert bad.returncode == 1 and "not a duration: 'soon'" in bad.stderr

@@ -1,6 +1,7 @@
 """`make run`'s server as a user starts it: its own process, moto as a child, real clients."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from tests.support.clients import ClientError, Podman, layout_digests, skopeo_copy
 from tests.support.images import build_image
+from tests.support.registry_api import RegistryClient, push_image, sha256
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.e2e,
@@ -84,3 +86,33 @@ def test_berth_cli_manages_users_namespaces_and_tokens(make_run, tmp_path, image
     with pytest.raises(ClientError):
         skopeo_copy(f"docker://{host}/bobs/app:v1", f"oci:{tmp_path / 'again'}:v1",
                     creds=f"bob:{pull_token}")
+
+
+def test_berth_gc_and_stats_against_make_run(make_run):
+    url, _ = make_run
+    client = RegistryClient(("runadmin", "run-admin-password"))
+    before = json.loads(berth("stats", "--json").stdout)
+    config, layer = os.urandom(32), os.urandom(5000)
+    image = {"digest": push_image(url, "gc/cli", "v1", [layer], config=config, client=client),
+             "blobs": [sha256(config), sha256(layer)]}
+    grown = json.loads(berth("stats", "--json").stdout)
+    assert grown["blobs"] == before["blobs"] + 2
+    assert grown["bytes"] >= before["bytes"] + 5000 and grown["target"].startswith("local")
+    assert client.delete(f"{url}/v2/gc/cli/manifests/{image['digest']}").status_code == 202
+    dry = berth("gc", "--dry-run", "--grace", "0", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert set(image["blobs"]) <= set(json.loads(dry.stdout)["deleted_blobs"])
+    done = berth("gc", "--json", "--grace", "0")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(image["blobs"]) <= set(report["deleted_blobs"])
+    assert report["blobs_deleted"] >= 2 and report["bytes_deleted"] >= 5000
+    assert report["dynamodb_requests"] > 0 and report["s3_requests"] >= 2
+    after = json.loads(berth("stats", "--json").stdout)
+    assert after["blobs"] == grown["blobs"] - report["blobs_deleted"]
+    text = berth("gc")
+    assert text.returncode == 0 and "deleted 0 blobs" in text.stdout, text.stdout
+    check = berth("gc", "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    bad = berth("gc", "--grace", "soon")
+    assert bad.returncode == 1 and "not a duration: 'soon'" in bad.stderr

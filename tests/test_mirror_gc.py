@@ -47,7 +47,9 @@ def test_idle_cached_images_are_evicted_but_blobs_of_pushed_images_stay(
         assert all(s3_has(d) for d in (shared, cache_only, cached.config_digest))
 
         report = gc.sweep(now=time.time() + 31 * DAY, grace=0)
-        assert report.mirror_repositories_evicted == 1
+        # this one, and any other test's cache in this process's moto: which ones, the blobs and
+        # the 503 below tell
+        assert report.mirror_repositories_evicted >= 1
         assert not s3_has(cache_only) and not s3_has(cached.config_digest)
         assert s3_has(shared)                          # the pushed image still uses it
         skopeo_copy(f"docker://{host}/gcpush/app:1", f"oci:{tmp_path / 'b'}:1",
