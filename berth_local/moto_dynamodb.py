@@ -7,12 +7,14 @@ costs time proportional to the table. Real DynamoDB transactions are serializabl
 runs every DynamoDB request under one lock and replaces TransactWriteItems with check-then-apply
 under that lock (no copy).
 
-moto also sorts every item of the table for each Query on the table's key, then keeps those of the
-queried partition: a Query cost O(table size), and Berth queries on almost every request (a
-full `make test` slowed down ~2.5x as its tables filled). `serialized()` hands such a Query only
-its partition, which is what DynamoDB reads, and sorts a Scan's items by their keys' values
-rather than by comparing moto's objects; the results, their order and paging are moto's own. It patches the moto in this process: the `registry` fixture's
-ThreadedMotoServer, `mock_aws`, or the server `make run` starts (berth_local/moto_server.py).
+moto also sorts every item of the table for each Query on the table's key, then keeps those of
+the queried partition: a Query cost O(table size), and Berth queries on almost every request (a
+GC test took 11 s late in `make test`, 4 s alone). `serialized()` hands such a Query only its
+partition, which is what DynamoDB reads, and sorts a Scan's items by their keys' values rather
+than by comparing moto's objects; the results, their order and paging are moto's own.
+
+It patches the moto in this process: the `registry` fixture's ThreadedMotoServer, `mock_aws`, or
+the server `make run` starts (berth_local/moto_server.py).
 """
 from __future__ import annotations
 

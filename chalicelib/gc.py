@@ -681,41 +681,44 @@ def stats() -> dict:
             "upload_sessions": sessions}
 
 
-def _audited_items() -> Iterator[Dict]:
-    """The items audit checks, raw, from one consistent scan: a scan reads (and DynamoDB bills)
-    the whole table whatever its filter, so audit reads it once rather than once per item type."""
-    from pynamodb.pagination import ResultIterator
-    from chalicelib.storage.mirrors import HOLD_PREFIX
-    from chalicelib.storage.models import TableModel
-    pk, sk = TableModel.pk, TableModel.sk
-    wanted = ((sk == BLOB_SK) | sk.startswith(HOLD_PREFIX)
-              | (pk.startswith("blob#") & sk.startswith(BLOB_LINK_PREFIX))
-              | (pk.startswith("repo#") & (sk.startswith("blob#") | sk.startswith("manifest#")
-                                           | sk.startswith("tag#"))))
-    return ResultIterator(TableModel._get_connection().scan, (),
-                          {"filter_condition": wanted, "consistent_read": True})
+def _audited_kinds() -> List[Tuple[str, type, str, str]]:
+    """What audit reads, by item type: (group, model, pk prefix, sk prefix); the sk of a blob
+    item is BLOB_SK itself."""
+    from chalicelib.storage.mirrors import HOLD_PREFIX, MirrorHoldItem
+    from chalicelib.storage.models import ManifestItem
+    return [("blobs", BlobItem, "blob#", BLOB_SK), ("holds", MirrorHoldItem, "", HOLD_PREFIX),
+            ("reverse", BlobLinkItem, "blob#", BLOB_LINK_PREFIX),
+            ("links", LinkItem, "repo#", "blob#"),
+            ("manifests", ManifestItem, "repo#", "manifest#"), ("tags", TagItem, "repo#", "tag#")]
+
+
+def _kind_of(pk: str, sk: str, kinds) -> Optional[Tuple[str, type]]:
+    for group, model, pk_prefix, sk_prefix in kinds:
+        if pk.startswith(pk_prefix) and (sk == BLOB_SK if sk_prefix == BLOB_SK
+                                         else sk.startswith(sk_prefix)):
+            return group, model
+    return None
 
 
 def _items_by_type() -> Dict[str, list]:
-    """The items audit checks, grouped by type (the keys of models.py) from one scan."""
-    from chalicelib.storage.mirrors import HOLD_PREFIX, MirrorHoldItem
-    from chalicelib.storage.models import ManifestItem
-    found: Dict[str, list] = {"blobs": [], "reverse": [], "links": [], "manifests": [],
-                              "tags": [], "holds": []}
-    for raw in _audited_items():
-        pk, sk = raw["pk"]["S"], raw["sk"]["S"]
-        if sk == BLOB_SK:
-            found["blobs"].append(BlobItem.from_raw_data(raw))
-        elif sk.startswith(HOLD_PREFIX):     # a mirror's reference on a blob
-            found["holds"].append(MirrorHoldItem.from_raw_data(raw))
-        elif pk.startswith("blob#") and sk.startswith(BLOB_LINK_PREFIX):
-            found["reverse"].append(BlobLinkItem.from_raw_data(raw))
-        elif pk.startswith("repo#") and sk.startswith("blob#"):
-            found["links"].append(LinkItem.from_raw_data(raw))
-        elif pk.startswith("repo#") and sk.startswith("manifest#"):
-            found["manifests"].append(ManifestItem.from_raw_data(raw))
-        elif pk.startswith("repo#") and sk.startswith("tag#"):
-            found["tags"].append(TagItem.from_raw_data(raw))
+    """The items audit checks, grouped by type, from one consistent scan: a scan reads (and
+    DynamoDB bills) the whole table whatever its filter, so audit reads it once rather than once
+    per item type."""
+    from pynamodb.pagination import ResultIterator
+    from chalicelib.storage.models import TableModel
+    kinds = _audited_kinds()
+    pk, sk = TableModel.pk, TableModel.sk
+    wanted = None
+    for _, _, pk_prefix, sk_prefix in kinds:
+        match = (sk == BLOB_SK) if sk_prefix == BLOB_SK else sk.startswith(sk_prefix)
+        match = match & pk.startswith(pk_prefix) if pk_prefix else match
+        wanted = match if wanted is None else wanted | match
+    found: Dict[str, list] = {group: [] for group, _, _, _ in kinds}
+    for raw in ResultIterator(TableModel._get_connection().scan, (),
+                              {"filter_condition": wanted, "consistent_read": True}):
+        kind = _kind_of(raw["pk"]["S"], raw["sk"]["S"], kinds)
+        if kind is not None:
+            found[kind[0]].append(kind[1].from_raw_data(raw))
     return found
 
 
